@@ -1,0 +1,14 @@
+"""Control-token facts of Ministral 3's Tekken tokenizer (DESIGN §1), shared by every package."""
+
+CONTROL_TOKEN_IDS = {
+    "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "<pad>": 11,
+    "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18, "[THINK]": 34, "[/THINK]": 35,
+}
+BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+THINK_OPEN, THINK_CLOSE = "[THINK]", "[/THINK]"
+BOS_ID, EOS_ID, PAD_ID = 1, 2, 11
+THINK_OPEN_ID, THINK_CLOSE_ID = 34, 35
+INST_OPEN_ID, INST_CLOSE_ID = 3, 4
+SYSTEM_OPEN_ID, SYSTEM_CLOSE_ID = 17, 18
+# Tekken reserves ids 0..999 for control tokens; any id below this is a control token.
+NUM_CONTROL_SLOTS = 1000

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One entry point for every job of the toolkit. Each verb first makes sure .venv is set up
+# (cheap when nothing changed), then hands over to a Python module, so every verb can also be
+# run as `python -m <module>` inside the venv.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+usage() {
+  cat <<'TXT'
+Usage: ./run.sh [VERB] [FLAGS...]
+
+  ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks
+                                    (builds the tiny local model when models/Ministral-3-8B-Thinking is absent)
+  ./run.sh --phase dapt|sft FLAGS   one training phase (python -m train.main; see --phase dapt --help)
+  ./run.sh setup                    create .venv and install requirements (idempotent)
+  ./run.sh test [PYTEST ARGS]       the test suite (what .ci/run calls)
+  ./run.sh tiny-model --out DIR [--text-only] [--seed N]
+                                    build the tiny local Ministral 3 checkpoint
+  ./run.sh data [--raw-dir DIR] [--out-dir data/processed] [--model-path M]
+                                    processed DAPT/SFT data + validation_report.json
+  ./run.sh inspect --model-path M --sft-dir D [--chat-template-path T] [--limit N] [--out FILE.jsonl]
+                                    show input_ids / labels / supervised spans per SFT example
+  ./run.sh check --run-dir DIR      post-training checks -> DIR/post_training_report.json
+  ./run.sh bench [--preset cpu|8b] [--out FILE.json]
+                                    speed and memory figures
+
+Every verb takes --help for its own flags. Multi-process: torchrun --nproc_per_node=N train/main.py --phase ...
+TXT
+}
+
+setup() {
+  # The stamp records what was installed; setup re-runs pip only when a requirement file changed.
+  local stamp="$VENV/.setup-stamp" want
+  want="$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  echo "[setup] creating/updating $VENV" >&2
+  [[ -x "$PY" ]] || python3 -m venv "$VENV"
+  "$PY" -m pip install --quiet --upgrade pip >&2
+  # requirements.txt pins torch==2.13.0: the CPU wheel here, the CUDA wheel from PyPI on a GPU box.
+  "$PY" -m pip install --quiet -r requirements.txt -r requirements-dev.txt >&2
+  "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
+  echo "$want" > "$stamp"
+  echo "[setup] done" >&2
+}
+
+verb="${1:-}"
+case "$verb" in
+  -h|--help|help) usage; exit 0 ;;
+  setup) setup; exit 0 ;;
+esac
+
+setup
+export PYTHONUNBUFFERED=1
+case "$verb" in
+  "")          exec "$PY" -m train.flow ;;
+  test)        shift; exec "$PY" -m pytest "$@" ;;
+  tiny-model)  shift; exec "$PY" -m train.tiny_model "$@" ;;
+  data)        shift; exec "$PY" -m data.build "$@" ;;
+  inspect)     shift; exec "$PY" -m train.inspect_labels "$@" ;;
+  check)       shift; exec "$PY" -m train.post_checks "$@" ;;
+  bench)       shift; exec "$PY" -m train.bench "$@" ;;
+  flow)        shift; exec "$PY" -m train.flow "$@" ;;
+  --*)         exec "$PY" -m train.main "$@" ;;
+  *) echo "run.sh: unknown verb '$verb'" >&2; usage >&2; exit 2 ;;
+esac

@@ -1,0 +1,139 @@
+"""Load the tokenizer and the text model from a Ministral 3 folder (VLM or text-only checkpoint).
+
+Two failure modes this module exists to prevent:
+- transformers 5 may route Mistral repositories to MistralCommonBackend, which ignores Jinja templates,
+  returns no assistant mask and encodes a literal "[THINK]" as text: we load the tokenizers backend
+  explicitly and assert the control-token ids (DESIGN §1).
+- from_pretrained on the wrong class silently returns random weights: we read the language-model tensors
+  ourselves with safetensors, never touch the vision tower, and fail if any text-model tensor is missing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from contract.tokens import CONTROL_TOKEN_IDS, THINK_OPEN, THINK_OPEN_ID
+
+
+class CheckpointError(RuntimeError):
+    """The model folder is not a usable Ministral 3 checkpoint; the message says which file and why."""
+
+
+# Only the language model's attention and MLP projections get LoRA; the pattern is anchored so the
+# Pixtral tower (attention.q_proj, feed_forward.*) and the projector never match, whichever class is loaded.
+LORA_TARGET_REGEX = (r"^(?:base_model\.model\.)?model\.(?:language_model\.)?layers\.\d+\."
+                     r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))$")
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import PreTrainedTokenizerFast  # the tokenizers backend ("TokenizersBackend" in 5.x)
+
+    model_dir = Path(model_dir)
+    tok_file = model_dir / "tokenizer.json"
+    if not tok_file.is_file():
+        raise CheckpointError(f"{tok_file}: missing. The HF tokenizer.json is required (tekken.json alone is "
+                              "the mistral-common format, which ignores chat templates and assistant masks).")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    check_control_tokens(tok, source=str(tok_file))
+    return tok
+
+
+def check_control_tokens(tok, source: str = "tokenizer") -> None:
+    wrong = {t: (tok.convert_tokens_to_ids(t), i) for t, i in CONTROL_TOKEN_IDS.items()
+             if tok.convert_tokens_to_ids(t) != i}
+    if wrong:
+        detail = ", ".join(f"{t} -> {got} (expected {want})" for t, (got, want) in wrong.items())
+        raise CheckpointError(f"{source}: control-token ids do not match Ministral 3's Tekken tokenizer: {detail}")
+    ids = tok.encode(THINK_OPEN, add_special_tokens=False)
+    if ids != [THINK_OPEN_ID]:
+        raise CheckpointError(f"{source}: the text '{THINK_OPEN}' encodes to {ids}, not the single control id "
+                              f"{THINK_OPEN_ID}; the reasoning format would be trained as plain text.")
+
+
+def read_text_config(model_dir: str | Path):
+    """The Ministral3Config of the language model, from a VLM (text_config) or text-only config.json."""
+    from transformers import Ministral3Config
+
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; --model-path must be a Hugging Face model folder")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    layout = raw.get("model_type")
+    if layout == "mistral3":
+        text = dict(raw.get("text_config") or {})
+        if text.get("model_type") != "ministral3":
+            raise CheckpointError(f"{path}: text_config.model_type is {text.get('model_type')!r}, expected 'ministral3'")
+    elif layout == "ministral3":
+        text = dict(raw)
+    else:
+        raise CheckpointError(f"{path}: model_type {layout!r} is neither 'mistral3' (VLM) nor 'ministral3' (text)")
+    for key in ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype"):
+        text.pop(key, None)
+    cfg = Ministral3Config(**text)
+    cfg.architectures = ["Ministral3ForCausalLM"]
+    return cfg, layout
+
+
+def _text_key(disk_key: str, layout: str) -> str | None:
+    """Map an on-disk tensor name to Ministral3ForCausalLM's name; None for non-text tensors."""
+    if layout == "ministral3":
+        return disk_key
+    for prefix, new in (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+                        ("model.language_model.", "model."), ("lm_head.", "lm_head.")):
+        if disk_key.startswith(prefix):
+            return new + disk_key[len(prefix):]
+    return None  # vision_tower.*, multi_modal_projector.*
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return [model_dir / f for f in sorted(set(weight_map.values()))]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if (model_dir / "consolidated.safetensors").is_file():
+        raise CheckpointError(f"{model_dir}: only consolidated.safetensors (Mistral-native names, permuted q/k) "
+                              "is present; download the Hugging Face model*.safetensors files instead")
+    raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_text_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+    """Ministral3ForCausalLM with every language-model tensor read from the folder; vision weights stay on disk."""
+    from safetensors import safe_open
+    from transformers import Ministral3ForCausalLM
+
+    model_dir = Path(model_dir)
+    cfg, layout = read_text_config(model_dir)
+    # Build on the meta device: no random init of 8B parameters that would be overwritten anyway.
+    with torch.device("meta"):
+        model = Ministral3ForCausalLM(cfg)
+    expected = set(model.state_dict().keys())
+    state: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(model_dir):
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in the index but missing")
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                name = _text_key(key, layout)
+                if name is None:
+                    continue
+                if name not in expected:
+                    raise CheckpointError(f"{file}: tensor {key!r} does not belong to Ministral3ForCausalLM "
+                                          f"(mapped to {name!r}); is this the right checkpoint?")
+                state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise CheckpointError(f"{model_dir}: {len(missing)} language-model tensors are missing from the checkpoint "
+                              f"(first: {', '.join(missing[:5])}); refusing to train on random weights")
+    model.load_state_dict(state, strict=True, assign=True)
+    # Rotary inv_freq buffers are computed, not stored: rebuild them on the real device.
+    rotary = model.model.rotary_emb
+    with torch.device(device):
+        model.model.rotary_emb = type(rotary)(config=cfg)
+    model.to(device)
+    model.generation_config.pad_token_id = cfg.pad_token_id
+    return model
