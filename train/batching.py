@@ -1,0 +1,118 @@
+"""Rows, epoch plans and micro-batches.
+
+A *row* is one training sequence: a packed DAPT block or one SFT conversation. An *epoch plan* is the
+list of micro-batches (lists of row indices) for one epoch; it is a pure function of (seed, epoch), so
+resuming only needs the epoch number and the position in the plan, and every process derives the same
+plan without talking to the others.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from contract.tokens import BOS_ID, EOS_ID, PAD_ID
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Row:
+    row_id: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL split; a bad line fails with file:line (the data step should have caught it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run `./run.sh data` first, or point --dapt-dir/--sft-dir at your data)")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+    return rows
+
+
+def pack_documents(docs: list[dict], tokenizer, max_length: int) -> tuple[list[Row], dict]:
+    """DAPT: <s> doc </s> <s> doc </s> ... cut into max_length blocks; every token is a label.
+
+    Documents are concatenated across block edges (standard causal packing) so no token is thrown away;
+    the last, shorter block is kept and padded at collate time.
+    """
+    texts = [d["text"] for d in docs]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    stream: list[int] = []
+    for ids in encoded:
+        stream.extend([BOS_ID, *ids, EOS_ID])
+    rows = [Row(f"block-{i // max_length:06d}", stream[i:i + max_length], stream[i:i + max_length])
+            for i in range(0, len(stream), max_length)]
+    stats = {"documents": len(docs), "tokens": len(stream), "blocks": len(rows),
+             "last_block_tokens": len(rows[-1].input_ids) if rows else 0}
+    return rows, stats
+
+
+def epoch_plan(lengths: list[int], micro_batch_size: int, seed: int, epoch: int,
+               group_by_length: bool) -> list[list[int]]:
+    """Micro-batches of row indices for one epoch, deterministic in (seed, epoch).
+
+    With group_by_length, shuffled rows are sorted by length inside windows of 64 micro-batches and the
+    resulting micro-batches are shuffled again: similar lengths share a batch (little padding) while the
+    order of batches stays random.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = micro_batch_size * 64
+        grouped = []
+        for start in range(0, len(order), window):
+            grouped.extend(sorted(order[start:start + window], key=lambda i: -lengths[i]))
+        order = grouped
+    batches = [order[i:i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(rows: list[Row], pad_id: int = PAD_ID) -> dict:
+    """Right-padded tensors plus what the loss and the throughput counters need, computed on the host.
+
+    `label_positions` / `targets` are the flat indices (into batch x (seq-1)) of positions that predict a
+    label and the labels they predict; computing them here keeps boolean indexing (a device->host sync)
+    out of the training step.
+    """
+    width = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        input_ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        attention_mask[i, :n] = 1
+    shifted = labels[:, 1:]
+    label_positions = (shifted != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+    return {
+        "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+        "label_positions": label_positions, "targets": shifted.reshape(-1)[label_positions],
+        "n_label_tokens": int(label_positions.numel()), "n_tokens": int(attention_mask.sum()),
+        "n_padded_tokens": int(input_ids.numel()), "row_ids": [r.row_id for r in rows],
+    }
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}

@@ -1,0 +1,172 @@
+"""Atomic checkpoints that resume bit-exactly and never need pickle to load.
+
+Layout of checkpoints/step-NNNNNN/:
+  adapter.safetensors     trainable (LoRA) tensors by parameter name
+  optimizer.safetensors   AdamW moment tensors, keyed state.<param index>.<name>
+  rng.json                per-process RNG states (python, numpy, torch, cuda), one entry per rank
+  checkpoint.json         loop counters, data position, optimizer param_groups, sha256 of the files above;
+                          written last, so a folder without a valid one is incomplete by construction.
+A checkpoint is written to checkpoints/.tmp-step-NNNNNN and renamed into place: a crash mid-write never
+leaves a half-written folder under a final name.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "checkpoint.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointCorrupt(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- RNG state as JSON (no pickle) ------------------------------------------------------------------
+
+def capture_rng() -> dict:
+    py = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    v, keys, gauss = state["python"]
+    random.setstate((v, tuple(keys), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+                                      for s in state["cuda"]])
+
+
+# ---- optimizer state as tensors + JSON ------------------------------------------------------------
+
+def _split_optimizer_state(sd: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"state.{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ---- save / find / load ---------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(ckpt_root: str | Path, step: int, *, trainable: dict[str, torch.Tensor], optimizer,
+                    loop_state: dict, rng_per_rank: list[dict], keep: int) -> Path:
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "adapter.safetensors"))
+    opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "rng.json").write_text(json.dumps(rng_per_rank))
+    files = {name: _sha256(tmp / name) for name in ("adapter.safetensors", "optimizer.safetensors", "rng.json")}
+    manifest = {"format": FORMAT_VERSION, "step": step, "loop_state": loop_state, "optimizer": opt_meta,
+                "files": files}
+    with (tmp / MANIFEST).open("w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():  # a re-run of the same step (e.g. after a resume) replaces the old folder
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and verify one checkpoint folder; raise CheckpointCorrupt with the reason if it is not whole."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointCorrupt(f"{path / MANIFEST}: unreadable ({e})") from e
+    for name, digest in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointCorrupt(f"{f}: missing")
+        if _sha256(f) != digest:
+            raise CheckpointCorrupt(f"{f}: sha256 mismatch (truncated or modified after it was written)")
+    try:
+        trainable = load_file(str(path / "adapter.safetensors"))
+        optimizer = _join_optimizer_state(load_file(str(path / "optimizer.safetensors")), manifest["optimizer"])
+        rng = json.loads((path / "rng.json").read_text())
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise CheckpointCorrupt(f"{path}: unreadable ({e})") from e
+    return {"path": path, "step": manifest["step"], "loop_state": manifest["loop_state"],
+            "trainable": trainable, "optimizer": optimizer, "rng": rng}
+
+
+def latest_valid_checkpoint(ckpt_root: str | Path, warn) -> dict | None:
+    """Newest checkpoint that verifies; each newer broken one is reported through `warn` and skipped."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return None
+    for path in sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True):
+        try:
+            return load_checkpoint(path)
+        except CheckpointCorrupt as e:
+            warn(f"checkpoint {path.name} is not usable, falling back to the previous one: {e}")
+    return None

@@ -1,0 +1,159 @@
+"""The training configuration: one dataclass whose defaults are the recipe, and the checks that reject
+combinations the loop does not support before anything expensive happens."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL_PATH = "models/Ministral-3-8B-Thinking"
+DEFAULT_TEMPLATE = "templates/mistral3_chat_template_assistant_mask.jinja"
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    phase: str = _opt(None, "dapt (causal LM on raw text) or sft (chat, assistant-only loss)", choices=("dapt", "sft"))
+    model_path: str = _opt(DEFAULT_MODEL_PATH, "Hugging Face folder of the base model (VLM or text-only Ministral 3)")
+    dapt_dir: str = _opt("data/processed/dapt", "folder with DAPT train.jsonl / validation.jsonl")
+    sft_dir: str = _opt("data/processed/sft", "folder with SFT train.jsonl / validation.jsonl")
+    output_dir: str = _opt(None, "run folder for adapter, logs and checkpoints (default models/fine-tuned-<phase>)")
+    base_adapter: str = _opt(None, "adapter merged into the base weights before training (SFT on top of DAPT)")
+    precision: str = _opt("bf16", "bf16 autocast with frozen bf16 base weights, or fp32", choices=("bf16", "fp32", "fp16"))
+    use_lora: bool = _opt(True, "train LoRA adapters (full fine-tuning is not part of this recipe)")
+    lora_r: int = _opt(16, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
+    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                             "language-model projections that get adapters (comma list)")
+    max_length: int = _opt(2048, "tokens per row (SFT) or per packed block (DAPT)")
+    micro_batch_size: int = _opt(2, "rows per forward/backward")
+    grad_accum: int = _opt(16, "micro-batches per optimizer step (per process)")
+    lr: float = _opt(2e-5, "peak learning rate")
+    epochs: int = _opt(3, "passes over the training split")
+    max_steps: int = _opt(None, "stop after this many optimizer steps (overrides epochs)")
+    warmup_ratio: float = _opt(0.03, "share of optimizer steps spent in linear warm-up")
+    min_lr_ratio: float = _opt(0.1, "cosine decays to lr * min_lr_ratio, not to zero")
+    weight_decay: float = _opt(0.0, "AdamW weight decay on LoRA weights")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this value (0 = off)")
+    assistant_only_loss: bool = _opt(None, "SFT: supervise only the template's generation spans (default on for SFT)")
+    strict_assistant_only_loss: bool = _opt(True, "SFT: fail before training on any masking finding")
+    chat_template_path: str = _opt(DEFAULT_TEMPLATE, "training chat template with {% generation %} blocks")
+    packing: bool = _opt(None, "pack rows into max-length blocks (default on for DAPT, must be off for SFT)")
+    drop_overlong: bool = _opt(False, "SFT: drop (and count) conversations that do not fit max_length")
+    group_by_length: bool = _opt(True, "SFT: batch rows of similar length together to cut padding")
+    eval_interval: int = _opt(50, "evaluate on the validation split every N optimizer steps (and at the end)")
+    eval_max_batches: int = _opt(None, "cap on validation micro-batches per evaluation (None = whole split)")
+    save_interval: int = _opt(100, "write a checkpoint every N optimizer steps (and at the end)")
+    keep_checkpoints: int = _opt(3, "how many recent checkpoints to keep")
+    log_interval: int = _opt(1, "metrics/log line every N optimizer steps")
+    max_consecutive_skips: int = _opt(3, "abort after more than this many non-finite steps in a row")
+    seed: int = _opt(42, "seed for data order, LoRA init and dropout")
+    resume: bool = _opt(False, "continue from the newest complete checkpoint in output_dir")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, ~1/3 more compute)")
+    loss_chunk_size: int = _opt(1024, "label positions per LM-head chunk in the memory-lean loss")
+    compile: bool = _opt(False, "torch.compile the model's decoder layers")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    fsdp: bool = _opt(False, "shard the frozen base model with FSDP2 across processes (multi-GPU)")
+    profile_steps: str = _opt(None, "A:B - write a torch profiler trace for optimizer steps A..B")
+    detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection (slow; names the op that made a NaN)")
+    deterministic: bool = _opt(False, "torch deterministic algorithms (bitwise-repeatable GPU runs, slower)")
+    debug_nan_steps: str = _opt(None, "testing aid: comma list of optimizer steps whose loss is made NaN")
+    stop_after_steps: int = _opt(None, "leave the loop after N steps as if interrupted (no final artifacts; --resume goes on)")
+
+    def resolve(self) -> "TrainConfig":
+        """Fill the phase-dependent defaults (the recipe differs between DAPT and SFT)."""
+        if self.output_dir is None:
+            self.output_dir = f"models/fine-tuned-{self.phase}"
+        if self.packing is None:
+            self.packing = self.phase == "dapt"
+        if self.assistant_only_loss is None:
+            self.assistant_only_loss = self.phase == "sft"
+        return self
+
+    @property
+    def data_dir(self) -> str:
+        return self.dapt_dir if self.phase == "dapt" else self.sft_dir
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
+    """Reject unsupported combinations up front, with the flag to change."""
+    errors = []
+    if cfg.phase not in ("dapt", "sft"):
+        errors.append("--phase must be dapt or sft")
+    if not cfg.use_lora:
+        errors.append("--no-use-lora: full fine-tuning is not part of this recipe; the loop trains LoRA adapters only")
+    if cfg.phase == "sft" and cfg.packing:
+        errors.append("--packing with --phase sft: packing mixes conversations in one row and breaks "
+                      "assistant-only masking; use --no-packing")
+    if cfg.phase == "dapt" and cfg.assistant_only_loss:
+        errors.append("--assistant-only-loss with --phase dapt: DAPT trains on every token of raw text")
+    if cfg.phase == "sft" and cfg.assistant_only_loss:
+        tpl = Path(cfg.chat_template_path)
+        if not tpl.is_file():
+            errors.append(f"--chat-template-path {tpl}: file not found")
+        else:
+            from train.masking import has_generation_blocks
+            if not has_generation_blocks(tpl.read_text(encoding="utf-8")):
+                errors.append(f"--assistant-only-loss needs {{% generation %}} blocks, and {tpl} has none: "
+                              "labels would cover nothing (or everything)")
+    if cfg.phase == "sft" and cfg.strict_assistant_only_loss and not cfg.assistant_only_loss:
+        errors.append("--strict-assistant-only-loss needs --assistant-only-loss")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if cuda_available else "cpu")
+    if cfg.precision == "fp16" and not device.startswith("cuda"):
+        errors.append("--precision fp16 on CPU: fp16 autocast needs a GPU; use bf16 or fp32")
+    elif cfg.precision == "fp16":
+        errors.append("--precision fp16 is not supported: it needs loss scaling, and Ministral 3 ships bf16 weights; "
+                      "use bf16")
+    if device.startswith("cuda") and not cuda_available:
+        errors.append(f"--device {cfg.device}: CUDA is not available on this machine")
+    if cfg.fsdp and not device.startswith("cuda"):
+        errors.append("--fsdp shards the base model across GPUs; it is not supported on CPU")
+    for name in ("max_length", "micro_batch_size", "grad_accum", "epochs", "eval_interval", "save_interval",
+                 "keep_checkpoints", "log_interval", "loss_chunk_size", "lora_r"):
+        if getattr(cfg, name) < 1:
+            errors.append(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        errors.append("--max-steps must be >= 1")
+    if not 0 <= cfg.warmup_ratio < 1:
+        errors.append("--warmup-ratio must be in [0, 1)")
+    if cfg.lr <= 0:
+        errors.append("--lr must be > 0")
+    if cfg.profile_steps is not None:
+        try:
+            a, b = (int(x) for x in cfg.profile_steps.split(":"))
+            assert 1 <= a <= b
+        except (ValueError, AssertionError):
+            errors.append("--profile-steps must look like A:B with 1 <= A <= B")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="train.main", description="DAPT / SFT LoRA fine-tuning of Ministral 3 "
+                                 "(plain PyTorch loop). Defaults are the recipe.")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw = {"help": f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if f.type in ("bool", bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
+        else:
+            typ = {"int": int, "float": float, "str": str}[str(f.type)]
+            ap.add_argument(flag, type=typ, default=f.default, required=f.name == "phase", **kw)
+    # The seed playbook spells the LoRA switch --use-lora and packing off as --no-packing; both are above.
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    ns = build_parser().parse_args(argv)
+    return TrainConfig(**vars(ns)).resolve()

@@ -1,0 +1,141 @@
+"""Debugging aids for people working at kernel level: profiler traces for a step range, and forensics
+bundles that capture a step whose loss or gradient went non-finite so it can be replayed in isolation.
+
+A bundle (forensics/step-NNNNNN/) holds the step's micro-batches, the RNG state at the start of the step,
+the adapter weights as they were, and the resolved config; `python -m train.main --replay BUNDLE`
+re-runs the micro-batches with a hook on every module and names the first one whose output is not finite.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class StepProfiler:
+    """torch.profiler over optimizer steps A..B (--profile-steps A:B); a chrome trace per process."""
+
+    def __init__(self, spec: str | None, out_dir: Path, rank: int):
+        self.range = tuple(int(x) for x in spec.split(":")) if spec else None
+        self.out_dir, self.rank, self.prof = out_dir, rank, None
+
+    def step_begin(self, step: int) -> None:
+        if self.range and step == self.range[0]:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts, record_shapes=True, profile_memory=True)
+            self.prof.start()
+
+    def step_end(self, step: int) -> None:
+        if self.prof is not None and step == self.range[1]:
+            self.close()
+
+    def close(self) -> None:
+        if self.prof is None:
+            return
+        self.prof.stop()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"trace-steps{self.range[0]}-{self.range[1]}-rank{self.rank}.json"
+        self.prof.export_chrome_trace(str(path))
+        print(f"profiler trace written to {path} (open in chrome://tracing or https://ui.perfetto.dev)")
+        self.prof = None
+
+
+def save_bundle(root: Path, step: int, batches: list[dict], rng: dict, params: dict, cfg, row_ids: list[str]) -> Path:
+    path = root / f"step-{step:06d}"
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for i, b in enumerate(batches):
+        for key in ("input_ids", "labels", "attention_mask"):
+            tensors[f"mb{i}.{key}"] = b[key].detach().cpu().contiguous()
+    save_file(tensors, str(path / "batches.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(path / "adapter.safetensors"))
+    (path / "bundle.json").write_text(json.dumps({"step": step, "micro_batches": len(batches), "row_ids": row_ids,
+                                                  "rng": rng, "config": dataclasses.asdict(cfg)}, indent=1))
+    return path
+
+
+def _first_non_finite(obj) -> bool:
+    if torch.is_tensor(obj):
+        return obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+    if isinstance(obj, (tuple, list)):
+        return any(_first_non_finite(o) for o in obj)
+    if isinstance(obj, dict) or hasattr(obj, "values"):
+        return any(_first_non_finite(o) for o in obj.values())
+    return False
+
+
+def replay(bundle: str | Path, device: str = "cpu") -> dict:
+    """Re-run a bundle's micro-batches; returns what went non-finite first (module, or loss, or gradient)."""
+    from train.batching import collate, Row, IGNORE_INDEX  # noqa: F401  (Row kept for symmetry with the loop)
+    from train.checkpointing import restore_rng
+    from train.config import TrainConfig
+    from train.loss import labels_only_loss_sum
+    from train.modeling import build_model, causal_lm, trainable_parameters
+
+    bundle = Path(bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    cfg = TrainConfig(**meta["config"])
+    dev = torch.device(device)
+    model = build_model(cfg, dev, print)
+    params = trainable_parameters(model)
+    saved = load_file(str(bundle / "adapter.safetensors"))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+    restore_rng(meta["rng"])
+    data = load_file(str(bundle / "batches.safetensors"))
+    model.train()
+
+    found: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, args, output):
+        if not found and _first_non_finite(output):
+            found.append(names[module])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    result = {"bundle": str(bundle), "step": meta["step"], "row_ids": meta["row_ids"]}
+    try:
+        for i in range(meta["micro_batches"]):
+            labels = data[f"mb{i}.labels"]
+            shifted = labels[:, 1:]
+            positions = (shifted != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+            batch = {"input_ids": data[f"mb{i}.input_ids"], "attention_mask": data[f"mb{i}.attention_mask"],
+                     "labels": labels, "label_positions": positions, "targets": shifted.reshape(-1)[positions],
+                     "n_label_tokens": int(positions.numel())}
+            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast(dev.type, enabled=False)
+            with ctx:
+                loss = labels_only_loss_sum(causal_lm(model), batch, cfg.loss_chunk_size)
+            if found:
+                return result | {"micro_batch": i, "first_non_finite": "module", "module": found[0]}
+            if not torch.isfinite(loss):
+                return result | {"micro_batch": i, "first_non_finite": "loss", "module": None}
+            loss.backward()
+            bad = [n for n, p in params.items() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if bad:
+                return result | {"micro_batch": i, "first_non_finite": "gradient", "module": bad[0]}
+        return result | {"first_non_finite": None, "module": None,
+                         "note": "everything finite on replay: the failure depends on state not in the bundle "
+                                 "(e.g. an injected --debug-nan-steps loss) or on non-deterministic kernels"}
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def replay_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="train.main --replay", description="Replay a forensics bundle")
+    ap.add_argument("--replay", required=True, help="forensics/step-NNNNNN folder written by a training run")
+    ap.add_argument("--device", default="cpu")
+    args, _ = ap.parse_known_args(argv)
+    result = replay(args.replay, args.device)
+    print(json.dumps(result, indent=1))
+    if result["module"]:
+        print(f"first non-finite {result['first_non_finite']}: {result['module']}")
+    return 0

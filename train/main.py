@@ -1,0 +1,478 @@
+"""DAPT and SFT LoRA fine-tuning of Ministral 3 in one plain PyTorch loop.
+
+    ./run.sh --phase sft --model-path M --sft-dir D --output-dir O ...        (one process)
+    torchrun --nproc_per_node=N train/main.py --phase sft ...                   (N processes, same flags)
+
+Read top to bottom: setup() builds everything and fails early; fit() is the loop; evaluate() is the
+validation pass; finish() writes the artifacts. Everything that is not the loop lives in a small module
+named for what it does (batching, loss, checkpointing, distributed, masking, modeling).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # `torchrun train/main.py` puts train/ first on sys.path; swap it for the project root so `train.*`
+    # imports resolve and no module in train/ can shadow a standard-library one.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import resource
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train import checkpointing, distributed, forensics
+from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
+from train.config import ConfigError, TrainConfig, parse_args, validate_args
+from train.loss import labels_only_loss_sum
+from train.model_loading import load_tokenizer
+from train.modeling import build_model, causal_lm, trainable_parameters
+from train.run_log import RunLog
+
+
+class TrainingAborted(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+def resolve_device(cfg: TrainConfig, info: distributed.DistInfo) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(cfg.device)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[list[Row], list[Row], dict]:
+    """Training and validation rows for the phase, plus the statistics that go into training_args.json."""
+    data_dir = Path(cfg.data_dir)
+    raw = {split: read_jsonl(data_dir / f"{split}.jsonl") for split in ("train", "validation")}
+    if not raw["train"]:
+        raise ConfigError(f"{data_dir / 'train.jsonl'}: no rows to train on")
+    if cfg.phase == "dapt":
+        train_rows, train_stats = pack_documents(raw["train"], tokenizer, cfg.max_length)
+        val_rows, val_stats = pack_documents(raw["validation"], tokenizer, cfg.max_length)
+        return train_rows, val_rows, {"train": train_stats, "validation": val_stats}
+
+    from contract.prompt import check_conversation, read_model_system_prompt, system_prompt_for
+    from train.masking import encode_dataset, read_template
+
+    # Prompt contract first: a conversation whose system prompt is not ours would teach the model to
+    # reason under a prompt it will never see at inference time.
+    expected_system = system_prompt_for(cfg.model_path)
+    for split, rows in raw.items():
+        bad = [(r.get("id"), codes) for r in rows if (codes := check_conversation(r.get("messages") or [], expected_system))]
+        if bad:
+            detail = "; ".join(f"{i}: {','.join(c)}" for i, c in bad[:10])
+            msg = (f"{data_dir / (split + '.jsonl')}: {len(bad)} conversation(s) break the prompt contract "
+                   f"(system prompt must be {cfg.model_path}/SYSTEM_PROMPT.txt + the C64 specialization): {detail}")
+            if cfg.strict_assistant_only_loss:
+                raise ConfigError(msg + " — rebuild the data with `./run.sh data --model-path " + cfg.model_path + "`")
+            log.warn(msg + " — dropped")
+            raw[split] = [r for r in rows if not check_conversation(r.get("messages") or [], expected_system)]
+    template = read_template(cfg.chat_template_path)
+    default_system = read_model_system_prompt(cfg.model_path)
+    out, stats = [], {}
+    for split in ("train", "validation"):
+        encoded, summary = encode_dataset(raw[split], tokenizer, template, max_length=cfg.max_length,
+                                          strict=cfg.strict_assistant_only_loss, drop_overlong=cfg.drop_overlong,
+                                          default_system_message=default_system, progress=is_main)
+        for d in summary["dropped"]:
+            log.warn(f"{split}: dropped {d['id']}: {d['code']} ({d['message']})")
+        for code, n in summary["warnings"].items():
+            log.warn(f"{split}: {n} example(s) with finding {code} (non-strict mode: trained anyway)")
+        out.append([Row(e.example_id, e.input_ids, e.labels if cfg.assistant_only_loss else e.input_ids)
+                    for e in encoded])
+        stats[split] = {k: v for k, v in summary.items() if k != "dropped"} | {"dropped": len(summary["dropped"])}
+    return out[0], out[1], stats
+
+
+def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> SimpleNamespace:
+    out = Path(cfg.output_dir)
+    log = RunLog(out, info.rank, info.world_size)
+    log.info(f"phase {cfg.phase}: model {cfg.model_path}, data {cfg.data_dir}, output {out}, device {device}, "
+             f"{info.world_size} process(es)")
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if cfg.detect_anomaly:
+        torch.autograd.set_detect_anomaly(True)
+    # Same seed on every process: identical LoRA init everywhere, identical epoch plans.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model_path)
+    train_rows, val_rows, data_stats = load_rows(cfg, tokenizer, log, info.is_main)
+    model = build_model(cfg, device, log.info)
+    params = trainable_parameters(model)
+    n_trainable = sum(p.numel() for p in params.values())
+    n_total = sum(p.numel() for p in model.parameters())
+    log.info(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%) "
+             f"in {len(params)} LoRA tensors")
+    # Dropout streams differ per process (as they would on one big batch), but the init above did not.
+    torch.manual_seed(cfg.seed + info.rank)
+
+    # Fused AdamW runs the whole update in one CUDA kernel; on CPU the for-each path is the fast one.
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+    micro_per_step = cfg.grad_accum * info.world_size  # global micro-batches per optimizer step
+    micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    log.info(f"{len(train_rows)} training rows, {len(val_rows)} validation rows; {steps_per_epoch} optimizer "
+             f"steps per epoch, {total_steps} in total ({micro_per_step} micro-batches of {cfg.micro_batch_size} per step)")
+
+    state = {"step": 0, "epoch": 0, "micro_index": 0, "consecutive_skips": 0, "skipped_steps": 0,
+             "eval_loss_before": None}
+    if cfg.resume:
+        ck = checkpointing.latest_valid_checkpoint(out / "checkpoints", log.warn)
+        if ck is None:
+            log.warn(f"--resume: no complete checkpoint under {out / 'checkpoints'}; starting from step 0")
+        else:
+            restore(ck, cfg, info, params, optimizer, state)
+            log.info(f"resumed from {ck['path']} at step {state['step']} (epoch {state['epoch']}, "
+                     f"micro-batch {state['micro_index']})")
+
+    run = SimpleNamespace(cfg=cfg, info=info, device=device, log=log, tokenizer=tokenizer, model=model,
+                          params=params, optimizer=optimizer, train_rows=train_rows, val_rows=val_rows,
+                          data_stats=data_stats, state=state, total_steps=total_steps,
+                          micro_per_step=micro_per_step, n_trainable=n_trainable, started=time.time(),
+                          stopped_early=False)
+    if info.is_main:
+        write_training_args(run, finished=False)
+    return run
+
+
+def fingerprint(cfg: TrainConfig, info: distributed.DistInfo) -> dict:
+    """What must match for a resume to continue the same run (data order, batch shapes, schedule)."""
+    keys = ("phase", "seed", "micro_batch_size", "grad_accum", "max_length", "lr", "epochs", "max_steps",
+            "warmup_ratio", "min_lr_ratio", "group_by_length", "lora_r", "lora_alpha", "lora_targets")
+    return {k: getattr(cfg, k) for k in keys} | {"world_size": info.world_size}
+
+
+def restore(ck: dict, cfg, info, params, optimizer, state) -> None:
+    saved = ck["loop_state"]
+    mismatch = {k: (v, saved["fingerprint"].get(k)) for k, v in fingerprint(cfg, info).items()
+                if saved["fingerprint"].get(k) != v}
+    if mismatch:
+        raise ConfigError(f"--resume: {ck['path']} was written with different settings: "
+                          + ", ".join(f"{k}={old!r} then, {new!r} now" for k, (new, old) in mismatch.items()))
+    missing = set(params) - set(ck["trainable"])
+    if missing:
+        raise checkpointing.CheckpointCorrupt(f"{ck['path']}: adapter tensors missing: {sorted(missing)[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(ck["trainable"][name])
+    optimizer.load_state_dict(ck["optimizer"])
+    checkpointing.restore_rng(ck["rng"][info.rank])
+    state.update({k: saved[k] for k in state})
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up, then cosine down to min_lr_ratio * lr: warm-up keeps fresh Adam moments from
+    making large early moves; the floor keeps late steps useful on short fine-tuning runs."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def autocast(run):
+    if run.cfg.precision == "bf16":
+        return torch.autocast(device_type=run.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], list[str]]:
+    """This process's micro-batches of the optimizer step that starts at plan[start].
+
+    The window of W*A global micro-batches is dealt round-robin to the W processes, so 1 process with
+    accumulation 2k and 2 processes with accumulation k train on exactly the same set per step.
+    """
+    window = plan[start:start + run.micro_per_step]
+    mine = window[run.info.rank::run.info.world_size]
+    batches = [collate([run.train_rows[i] for i in mb]) for mb in mine]
+    return batches, [rid for mb in window for rid in (run.train_rows[i].row_id for i in mb)]
+
+
+def fit(run) -> None:
+    cfg, info, state, log = run.cfg, run.info, run.state, run.log
+    model, params, optimizer = run.model, list(run.params.values()), run.optimizer
+    lm = causal_lm(model)
+    nan_steps = {int(s) for s in cfg.debug_nan_steps.split(",")} if cfg.debug_nan_steps else set()
+    profiler = forensics.StepProfiler(cfg.profile_steps, Path(cfg.output_dir) / "profile", info.rank)
+
+    if state["step"] == 0 and state["eval_loss_before"] is None:
+        state["eval_loss_before"] = evaluate(run)
+        log.info(f"validation loss before training: {state['eval_loss_before']:.4f}")
+        log.metrics({"kind": "eval", "step": 0, "eval_loss": state["eval_loss_before"]})
+
+    plan, plan_epoch = None, None
+    window_t0, window_tokens = time.perf_counter(), {"label": 0, "all": 0, "padded": 0}
+    bar = tqdm(total=run.total_steps, initial=state["step"], desc=f"{cfg.phase}", unit="step",
+               disable=not info.is_main, dynamic_ncols=True)
+    model.train()
+    while state["step"] < run.total_steps:
+        if plan_epoch != state["epoch"]:
+            plan = epoch_plan([len(r.input_ids) for r in run.train_rows], cfg.micro_batch_size, cfg.seed,
+                              state["epoch"], cfg.group_by_length and cfg.phase == "sft")
+            plan_epoch = state["epoch"]
+        step = state["step"] + 1  # 1-based number of the optimizer step being taken
+        profiler.step_begin(step)
+        rng_at_start = checkpointing.capture_rng()
+        batches, window_ids = window_batches(run, plan, state["micro_index"])
+
+        # Normalise by the supervised tokens of the whole window on all processes, known before any
+        # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
+        n_label, n_all, n_padded = distributed.all_reduce_sum(
+            info, [sum(b["n_label_tokens"] for b in batches), sum(b["n_tokens"] for b in batches),
+                   sum(b["n_padded_tokens"] for b in batches)], run.device)
+        loss_sum = torch.zeros((), device=run.device)
+        for b in batches:
+            b = to_device(b, run.device)
+            with autocast(run), torch.profiler.record_function("forward"):
+                micro_loss = labels_only_loss_sum(lm, b, cfg.loss_chunk_size)
+            if step in nan_steps:
+                micro_loss = micro_loss * float("nan")
+            with torch.profiler.record_function("backward"):
+                (micro_loss / max(n_label, 1)).backward()
+            loss_sum += micro_loss.detach()
+
+        for p in params:  # a process with no micro-batch in a short final window still joins the all-reduce
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        distributed.all_reduce_grads(info, params)
+        loss = distributed.all_reduce_sum(info, [loss_sum.item()], run.device)[0] / max(n_label, 1)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+
+        lr = lr_at(step - 1, cfg, run.total_steps)
+        if math.isfinite(loss) and math.isfinite(grad_norm) and n_label > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.profiler.record_function("optimizer"):
+                optimizer.step()
+            state["consecutive_skips"] = 0
+        else:
+            # Skip the update: the weights keep their last good values and the bad gradients are dropped.
+            state["skipped_steps"] += 1
+            state["consecutive_skips"] += 1
+            reason = "no supervised tokens in the window" if n_label == 0 else f"loss={loss} grad_norm={grad_norm}"
+            log.warn(f"step {step}: non-finite update skipped ({reason}); rows {', '.join(window_ids[:8])}"
+                     f"{' ...' if len(window_ids) > 8 else ''}")
+            if info.is_main and n_label > 0:
+                bundle = forensics.save_bundle(Path(cfg.output_dir) / "forensics", step, batches, rng_at_start,
+                                               run.params, cfg, window_ids)
+                log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.main "
+                         f"--replay {bundle})")
+        optimizer.zero_grad(set_to_none=True)
+
+        state["step"] = step
+        state["micro_index"] += run.micro_per_step
+        if state["micro_index"] >= len(plan):
+            state["epoch"] += 1
+            state["micro_index"] = 0
+        window_tokens["label"] += n_label
+        window_tokens["all"] += n_all
+        window_tokens["padded"] += n_padded
+        profiler.step_end(step)
+
+        if state["consecutive_skips"] > cfg.max_consecutive_skips:
+            path = save_checkpoint(run)
+            raise TrainingAborted(f"{state['consecutive_skips']} consecutive non-finite steps (limit "
+                                  f"{cfg.max_consecutive_skips}) at step {step}; last good weights saved in {path}. "
+                                  "See docs/troubleshooting.md#nan-aborts")
+
+        if step % cfg.log_interval == 0 or step == run.total_steps:
+            elapsed = time.perf_counter() - window_t0
+            record = {"kind": "train", "step": step, "epoch": state["epoch"], "loss": loss, "lr": lr,
+                      "grad_norm": grad_norm, "supervised_tokens": n_label, "tokens": n_all,
+                      "tokens_per_s": window_tokens["label"] / elapsed,
+                      "all_tokens_per_s": window_tokens["all"] / elapsed,
+                      "padding_share": 1 - window_tokens["all"] / max(1, window_tokens["padded"]),
+                      "step_time_s": elapsed / cfg.log_interval, "skipped_steps": state["skipped_steps"],
+                      "peak_mem_MiB": peak_memory_mib(run.device)}
+            log.metrics(record)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            window_t0, window_tokens = time.perf_counter(), {"label": 0, "all": 0, "padded": 0}
+        bar.update(1)
+
+        if step % cfg.eval_interval == 0 and step != run.total_steps:
+            eval_loss = evaluate(run)
+            log.info(f"step {step}: validation loss {eval_loss:.4f}")
+            log.metrics({"kind": "eval", "step": step, "eval_loss": eval_loss})
+        if step % cfg.save_interval == 0 and step != run.total_steps:
+            save_checkpoint(run)
+        if cfg.stop_after_steps and step >= cfg.stop_after_steps and step != run.total_steps:
+            log.warn(f"stopping after step {step} as asked (--stop-after-steps); continue with --resume")
+            run.stopped_early = True
+            break
+    bar.close()
+    profiler.close()
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@torch.no_grad()
+def evaluate(run) -> float:
+    """Token-weighted mean loss over the validation split (fixed order; split across processes)."""
+    cfg, info = run.cfg, run.info
+    rows = run.val_rows
+    if not rows:
+        return float("nan")
+    batches = [list(range(i, min(i + cfg.micro_batch_size, len(rows)))) for i in range(0, len(rows), cfg.micro_batch_size)]
+    if cfg.eval_max_batches:
+        batches = batches[:cfg.eval_max_batches]
+    was_training = run.model.training
+    run.model.eval()
+    loss_sum, n_label = torch.zeros((), device=run.device), 0
+    for mb in batches[info.rank::info.world_size]:
+        b = collate([rows[i] for i in mb])
+        n_label += b["n_label_tokens"]
+        with autocast(run):
+            loss_sum += labels_only_loss_sum(causal_lm(run.model), to_device(b, run.device), cfg.loss_chunk_size)
+    total, count = distributed.all_reduce_sum(info, [loss_sum.item(), n_label], run.device)
+    run.model.train(was_training)
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------- checkpoints/out
+
+def save_checkpoint(run) -> Path | None:
+    """All processes contribute their RNG state; only the main process writes."""
+    rng = json.dumps(checkpointing.capture_rng())
+    rng_all = [json.loads(s) for s in distributed.gather_json(run.info, rng, run.device)]
+    path = None
+    if run.info.is_main:
+        loop_state = dict(run.state) | {"fingerprint": fingerprint(run.cfg, run.info)}
+        path = checkpointing.save_checkpoint(Path(run.cfg.output_dir) / "checkpoints", run.state["step"],
+                                             trainable=run.params, optimizer=run.optimizer, loop_state=loop_state,
+                                             rng_per_rank=rng_all, keep=run.cfg.keep_checkpoints)
+        run.log.info(f"checkpoint written: {path}")
+    distributed.barrier(run.info)
+    return path
+
+
+def versions() -> dict:
+    import peft
+    import safetensors
+    import transformers
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "safetensors": safetensors.__version__, "numpy": np.__version__}
+
+
+def write_training_args(run, finished: bool, extra: dict | None = None) -> None:
+    cfg = run.cfg
+    data_dir = Path(cfg.data_dir)
+    record = dataclasses.asdict(cfg) | {
+        "resolved": {"device": str(run.device), "world_size": run.info.world_size,
+                     "global_batch_rows": cfg.micro_batch_size * run.micro_per_step, "total_steps": run.total_steps,
+                     "trainable_parameters": run.n_trainable},
+        "versions": versions(),
+        "data_files": {p.name: sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))},
+        "data_stats": run.data_stats,
+        "chat_template_sha256": sha256_file(Path(cfg.chat_template_path)) if cfg.phase == "sft" else None,
+        "lineage": {"base_model": str(Path(cfg.model_path).resolve()),
+                    "base_adapter": str(Path(cfg.base_adapter).resolve()) if cfg.base_adapter else None},
+        "finished": finished,
+    } | (extra or {})
+    path = Path(cfg.output_dir) / "training_args.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+
+
+def finish(run) -> None:
+    cfg, log = run.cfg, run.log
+    eval_loss = evaluate(run)
+    log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state['eval_loss_before']:.4f})")
+    log.metrics({"kind": "eval", "step": run.state["step"], "eval_loss": eval_loss})
+    save_checkpoint(run)
+    if run.info.is_main:
+        out = Path(cfg.output_dir)
+        run.model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json, loadable with peft
+        run.tokenizer.save_pretrained(out)
+        template = Path(cfg.chat_template_path) if cfg.phase == "sft" else Path(cfg.model_path) / "chat_template.jinja"
+        if template.is_file():
+            (out / "chat_template.jinja").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+        write_training_args(run, finished=True, extra={
+            "result": {"steps": run.state["step"], "skipped_steps": run.state["skipped_steps"],
+                       "eval_loss_before": run.state["eval_loss_before"], "eval_loss_after": eval_loss,
+                       "wall_s": round(time.time() - run.started, 1)}})
+        log.info(f"adapter and artifacts written to {out}")
+    distributed.barrier(run.info)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from contract.prompt import PromptContractError
+    from train.batching import DataError
+    from train.masking import StrictMaskingError
+    from train.model_loading import CheckpointError
+    return (ConfigError, TrainingAborted, checkpointing.CheckpointCorrupt, CheckpointError, DataError,
+            PromptContractError, StrictMaskingError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--replay" in argv:
+        return forensics.replay_main(argv)
+    cfg = parse_args(argv)
+    try:
+        validate_args(cfg, torch.cuda.is_available())
+    except ConfigError as e:
+        print(f"train.main: {e}", file=sys.stderr)
+        return 2
+    info = distributed.DistInfo()
+    run = None
+    try:
+        info = distributed.init("cuda" if cfg.device.startswith("cuda") or
+                                (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+        device = resolve_device(cfg, info)
+        run = setup(cfg, info, device)
+        fit(run)
+        if not run.stopped_early:
+            finish(run)
+        return 0
+    except user_errors() as e:
+        # Errors with a message meant for the user: no traceback, just what and where, and exit 1.
+        (run.log if run else RunLog(None, info.rank, info.world_size)).error(str(e))
+        return 1
+    except Exception as e:
+        # Name the rank and the error, then exit non-zero: torchrun tears the other processes down.
+        (run.log if run else RunLog(None, info.rank, info.world_size)).error(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if run is not None:
+            run.log.close()
+        distributed.cleanup(info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
