@@ -1,0 +1,168 @@
+"""Post-training checks: is this run's output fit to use? Writes post_training_report.json and exits
+non-zero when any check fails.
+
+    python -m train.post_checks --run-dir models/fine-tuned-sft [--limit 64] [--threshold 0.9]
+
+Checks: artifacts present and loadable; training_args says assistant-only (and strict) loss was on (SFT);
+metrics finite and the run finished; validation loss after < before; the training template has
+generation blocks; the prompt contract holds in rendered prompts; greedy generations on validation
+prompts pass the reasoning contract at or above the threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_args.json",
+            "metrics.jsonl", "train.log", "chat_template.jinja")
+
+
+def load_trained_model(run_dir: Path, args: dict, device: torch.device):
+    """Base model (+ merged lineage adapter) + this run's adapter, exactly as the run trained it."""
+    from peft import PeftModel
+    from train.model_loading import load_text_model
+
+    dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
+    model = load_text_model(args["model_path"], dtype=dtype, device=device)
+    if args.get("base_adapter"):
+        model = PeftModel.from_pretrained(model, args["base_adapter"]).merge_and_unload()
+    return PeftModel.from_pretrained(model, str(run_dir)).to(device).eval()
+
+
+def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                       device: torch.device) -> list[list[int]]:
+    """Greedy continuations, left-padded batches; each result is cut after its first </s>."""
+    from contract.tokens import EOS_ID, PAD_ID
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(chunk):
+            ids[j, width - len(p):] = torch.tensor(p)
+            mask[j, width - len(p):] = 1
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+        for row in gen[:, width:].tolist():
+            out.append(row[:row.index(EOS_ID) + 1] if EOS_ID in row else row)
+    return out
+
+
+def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int, device: torch.device,
+               sft_dir: str | None = None) -> dict:
+    from contract.prompt import check_rendered_prompt, read_model_system_prompt, system_prompt_for
+    from contract.reasoning import validate_token_ids
+    from train.batching import read_jsonl
+    from train.masking import has_generation_blocks, render_with_spans
+    from train.model_loading import load_tokenizer
+
+    checks: list[dict] = []
+
+    def check(name: str, passed: bool, detail) -> bool:
+        checks.append({"name": name, "passed": bool(passed), "detail": detail})
+        return passed
+
+    missing = [f for f in REQUIRED if not (run_dir / f).is_file()]
+    check("artifacts_present", not missing, {"missing": missing})
+    if missing:
+        return {"run_dir": str(run_dir), "passed": False, "checks": checks}
+    args = json.loads((run_dir / "training_args.json").read_text())
+    phase = args["phase"]
+    if phase == "sft":
+        check("assistant_only_loss_on", args.get("assistant_only_loss") is True and
+              args.get("strict_assistant_only_loss") is True,
+              {"assistant_only_loss": args.get("assistant_only_loss"),
+               "strict_assistant_only_loss": args.get("strict_assistant_only_loss")})
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    bad = [r["step"] for r in train if not all(math.isfinite(r[k]) for k in ("loss", "grad_norm"))
+           and r["skipped_steps"] == 0]
+    result = args.get("result") or {}
+    check("run_finished_with_finite_metrics", args.get("finished") is True and train and not bad,
+          {"finished": args.get("finished"), "train_records": len(train), "non_finite_steps": bad,
+           "skipped_steps": result.get("skipped_steps")})
+    before, after = result.get("eval_loss_before"), result.get("eval_loss_after")
+    check("validation_loss_improved", before is not None and after is not None and after < before,
+          {"before": before, "after": after})
+    template = (run_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if phase == "sft":
+        check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
+
+    tokenizer = load_tokenizer(run_dir)
+    device_model = load_trained_model(run_dir, args, device)
+    check("adapter_loads_with_peft", True, {"adapter": str(run_dir / "adapter_model.safetensors")})
+    report = {"run_dir": str(run_dir), "phase": phase, "checks": checks}
+    if phase != "sft":
+        report["passed"] = all(c["passed"] for c in checks)
+        return report
+
+    # Prompts: every validation conversation up to its first assistant turn, rendered with the run's template.
+    rows = read_jsonl(Path(sft_dir or args["sft_dir"]) / "validation.jsonl")[:limit]
+    expected_system = system_prompt_for(args["model_path"])
+    default_system = read_model_system_prompt(args["model_path"])
+    prompts, prompt_failures = [], []
+    for r in rows:
+        msgs = r["messages"]
+        first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        text, _ = render_with_spans(msgs[:first_assistant], template, default_system_message=default_system)
+        if codes := check_rendered_prompt(text, expected_system):
+            prompt_failures.append({"id": r["id"], "codes": codes})
+        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    check("prompt_contract_in_rendered_prompts", rows and not prompt_failures,
+          {"prompts": len(rows), "failures": prompt_failures[:10]})
+
+    t0 = time.perf_counter()
+    generations = greedy_generations(device_model, tokenizer, prompts, max_new_tokens, 16, device)
+    verdicts = [validate_token_ids(g, tokenizer) for g in generations]
+    passed = sum(v.ok for v in verdicts)
+    rate = passed / max(1, len(verdicts))
+    codes = Counter(c for v in verdicts for c in v.codes)
+    samples = [{"id": r["id"], "codes": list(v.codes), "generation": tokenizer.decode(g, skip_special_tokens=False)[:600]}
+               for r, g, v in list(zip(rows, generations, verdicts))[:5]]
+    check("greedy_generations_pass_reasoning_contract", rate >= threshold,
+          {"rate": rate, "threshold": threshold, "passed": passed, "total": len(verdicts),
+           "failure_codes": dict(codes), "max_new_tokens": max_new_tokens,
+           "generation_s": round(time.perf_counter() - t0, 1), "samples": samples})
+    report["contract_pass_rate"] = rate
+    report["passed"] = all(c["passed"] for c in checks)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="train.post_checks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True, help="output folder of a training run")
+    ap.add_argument("--sft-dir", default=None, help="SFT data folder (default: the one the run trained on)")
+    ap.add_argument("--limit", type=int, default=64, help="validation prompts to generate for")
+    ap.add_argument("--threshold", type=float, default=0.9, help="minimum share of contract-valid generations")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    run_dir = Path(a.run_dir)
+    if not run_dir.is_dir():
+        print(f"check: {run_dir}: no such run folder", file=sys.stderr)
+        return 2
+    report = run_checks(run_dir, a.limit, a.threshold, a.max_new_tokens, device, a.sft_dir)
+    (run_dir / "post_training_report.json").write_text(json.dumps(report, indent=1))
+    for c in report["checks"]:
+        print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}")
+    if "contract_pass_rate" in report:
+        gen = next(c for c in report["checks"] if c["name"] == "greedy_generations_pass_reasoning_contract")
+        print(f"  reasoning-contract pass rate on greedy generations: {report['contract_pass_rate']:.1%} "
+              f"({gen['detail']['passed']}/{gen['detail']['total']}), failure codes {gen['detail']['failure_codes']}")
+    print(f"post-training checks {'PASSED' if report['passed'] else 'FAILED'}: {run_dir / 'post_training_report.json'}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
