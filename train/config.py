@@ -52,6 +52,7 @@ class TrainConfig:
     keep_checkpoints: int = _opt(3, "how many recent checkpoints to keep")
     log_interval: int = _opt(1, "metrics/log line every N optimizer steps")
     max_consecutive_skips: int = _opt(3, "abort after more than this many non-finite steps in a row")
+    merge: bool = _opt(False, "also export output_dir/merged: base + adapters folded, loadable by transformers alone")
     seed: int = _opt(42, "seed for data order, LoRA init and dropout")
     resume: bool = _opt(False, "continue from the newest complete checkpoint in output_dir")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, ~1/3 more compute)")

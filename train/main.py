@@ -420,10 +420,18 @@ def finish(run) -> None:
         template = Path(cfg.chat_template_path) if cfg.phase == "sft" else Path(cfg.model_path) / "chat_template.jinja"
         if template.is_file():
             (out / "chat_template.jinja").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
-        write_training_args(run, finished=True, extra={
+        from train.export import export_merged, export_vlm_adapter
+        from train.model_loading import read_text_config
+        exports = {}
+        if read_text_config(cfg.model_path)[1] == "mistral3":
+            exports["vlm_adapter"] = str(export_vlm_adapter(out))
+        write_training_args(run, finished=True, extra={"exports": exports,
             "result": {"steps": run.state["step"], "skipped_steps": run.state["skipped_steps"],
                        "eval_loss_before": run.state["eval_loss_before"], "eval_loss_after": eval_loss,
                        "wall_s": round(time.time() - run.started, 1)}})
+        if cfg.merge:
+            merged = export_merged(out, json.loads((out / "training_args.json").read_text()))
+            log.info(f"merged model written to {merged}")
         log.info(f"adapter and artifacts written to {out}")
     distributed.barrier(run.info)
 
