@@ -72,7 +72,7 @@ def _first_non_finite(obj) -> bool:
 
 def replay(bundle: str | Path, device: str = "cpu") -> dict:
     """Re-run a bundle's micro-batches; returns what went non-finite first (module, or loss, or gradient)."""
-    from train.batching import collate, Row, IGNORE_INDEX  # noqa: F401  (Row kept for symmetry with the loop)
+    from train.batching import IGNORE_INDEX
     from train.checkpointing import restore_rng
     from train.config import TrainConfig
     from train.loss import labels_only_loss_sum

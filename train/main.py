@@ -219,10 +219,43 @@ def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], 
     return batches, [rid for mb in window for rid in (run.train_rows[i].row_id for i in mb)]
 
 
+def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[float, float, int, int, int]:
+    """Gradients of one optimizer step's window, summed over processes and clipped.
+
+    Returns (loss, grad_norm, supervised tokens, non-pad tokens, padded tokens) for the whole window.
+    The one host sync per step is here, after all micro-batches: the loss and norm are needed to decide
+    whether the update is safe to apply.
+    """
+    info, lm, params = run.info, causal_lm(run.model), list(run.params.values())
+    # Normalise by the supervised tokens of the whole window on all processes, known before any
+    # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
+    n_label, n_all, n_padded = (int(x) for x in distributed.all_reduce_sum(
+        info, [sum(b["n_label_tokens"] for b in batches), sum(b["n_tokens"] for b in batches),
+               sum(b["n_padded_tokens"] for b in batches)], run.device))
+    loss_sum = torch.zeros((), device=run.device)
+    for b in batches:
+        b = to_device(b, run.device)
+        with autocast(run), torch.profiler.record_function("forward"):
+            micro_loss = labels_only_loss_sum(lm, b, run.cfg.loss_chunk_size)
+        if poison:  # --debug-nan-steps: exercise the guard below without touching the model
+            micro_loss = micro_loss * float("nan")
+        with torch.profiler.record_function("backward"):
+            (micro_loss / max(n_label, 1)).backward()
+        loss_sum += micro_loss.detach()
+
+    for p in params:  # a process with no micro-batch in a short final window still joins the all-reduce
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    distributed.all_reduce_grads(info, params)
+    loss = distributed.all_reduce_sum(info, [loss_sum.item()], run.device)[0] / max(n_label, 1)
+    clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return loss, grad_norm, n_label, n_all, n_padded
+
+
 def fit(run) -> None:
     cfg, info, state, log = run.cfg, run.info, run.state, run.log
-    model, params, optimizer = run.model, list(run.params.values()), run.optimizer
-    lm = causal_lm(model)
+    model, optimizer = run.model, run.optimizer
     nan_steps = {int(s) for s in cfg.debug_nan_steps.split(",")} if cfg.debug_nan_steps else set()
     profiler = forensics.StepProfiler(cfg.profile_steps, Path(cfg.output_dir) / "profile", info.rank)
 
@@ -246,28 +279,7 @@ def fit(run) -> None:
         rng_at_start = checkpointing.capture_rng()
         batches, window_ids = window_batches(run, plan, state["micro_index"])
 
-        # Normalise by the supervised tokens of the whole window on all processes, known before any
-        # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
-        n_label, n_all, n_padded = distributed.all_reduce_sum(
-            info, [sum(b["n_label_tokens"] for b in batches), sum(b["n_tokens"] for b in batches),
-                   sum(b["n_padded_tokens"] for b in batches)], run.device)
-        loss_sum = torch.zeros((), device=run.device)
-        for b in batches:
-            b = to_device(b, run.device)
-            with autocast(run), torch.profiler.record_function("forward"):
-                micro_loss = labels_only_loss_sum(lm, b, cfg.loss_chunk_size)
-            if step in nan_steps:
-                micro_loss = micro_loss * float("nan")
-            with torch.profiler.record_function("backward"):
-                (micro_loss / max(n_label, 1)).backward()
-            loss_sum += micro_loss.detach()
-
-        for p in params:  # a process with no micro-batch in a short final window still joins the all-reduce
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        distributed.all_reduce_grads(info, params)
-        loss = distributed.all_reduce_sum(info, [loss_sum.item()], run.device)[0] / max(n_label, 1)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        loss, grad_norm, n_label, n_all, n_padded = forward_backward(run, batches, poison=step in nan_steps)
 
         lr = lr_at(step - 1, cfg, run.total_steps)
         if math.isfinite(loss) and math.isfinite(grad_norm) and n_label > 0:

@@ -1,7 +1,6 @@
 """The model the loop trains: base text model (frozen), optional earlier adapter merged in, fresh LoRA."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
