@@ -1,0 +1,244 @@
+"""Speed and memory benchmark of the training step (DESIGN §6), printing figures, never pass/fail.
+
+    python -m train.bench --preset cpu [--fixture DIR] [--trl-python PY] [--out FILE.json]
+    python -m train.bench --preset 8b  [--gradient-checkpointing] [--out FILE.json]      (needs a GPU)
+
+It drives the loop's own forward_backward() and AdamW step (train/main.py), so the figures are the
+loop's, not a re-implementation's. Presets:
+  cpu  the shapes of ../shared/bench's fixture: hidden 512, 8 layers, vocab 32768, seq <= 512,
+       micro-batch 2, accumulation 16, LoRA r16 on all projections. With --fixture, the fixture's own
+       model, tokenizer, template and conversations (what TRL's baseline trains on); with --trl-python,
+       TRL's SFTTrainer runs on the same fixture in a subprocess first and both are reported together.
+  8b   the real Ministral 3 8B text shapes with random bf16 weights, seq 2048, micro-batch 2, LoRA r16.
+Reports: trained (supervised) tokens/s, all tokens/s, padding share, step time, MFU against a matmul peak
+measured on the spot, and peak memory (CUDA max allocated, or peak RSS on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from train import distributed
+from train.batching import Row, collate
+from train.config import TrainConfig
+from train.flops import lora_param_count, measure_matmul_peak, model_flops_per_token
+from train.main import autocast, forward_backward  # noqa: F401  (autocast used through forward_backward)
+
+CPU_SHAPES = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                  intermediate_size=1536, vocab_size=32768)
+B8_SHAPES = dict(hidden_size=4096, num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                 intermediate_size=14336, vocab_size=131072)
+PRESETS = {
+    "cpu": dict(shapes=CPU_SHAPES, max_length=512, micro_batch=2, accum=16, steps=8),
+    "8b": dict(shapes=B8_SHAPES, max_length=2048, micro_batch=2, accum=16, steps=4),
+}
+
+
+def random_text_model(shapes: dict, dtype: torch.dtype, device: torch.device):
+    """A Ministral3ForCausalLM with the real rope layout and random weights, built directly on the device."""
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+
+    from train.tiny_model import REAL_ROPE_PARAMETERS
+    cfg = Ministral3Config(**shapes, rope_parameters=dict(REAL_ROPE_PARAMETERS), tie_word_embeddings=False,
+                           max_position_embeddings=262144, rms_norm_eps=1e-5)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Ministral3ForCausalLM(cfg).to(dtype)
+    return model
+
+
+def fixture_rows(fixture: Path, tokenizer, max_length: int) -> list[Row]:
+    """The fixture's conversations, labelled through our span masking with the fixture's own template.
+
+    The fixture's tokenizer has its control tokens at other ids than Ministral 3's, so the strict checks
+    (which assert [THINK] = 34) cannot apply; the labels still come from the template's generation spans.
+    Rows are cut to max_length as TRL does.
+    """
+    from train.masking import encode_dataset
+    template = (fixture / "chat_template.jinja").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in (fixture / "data" / "train.jsonl").read_text().splitlines() if line.strip()]
+    rows = [{"id": str(r["id"]), "messages": r["messages"]} for r in rows]
+    encoded, _ = encode_dataset(rows, tokenizer, template, max_length=max_length, strict=False, progress=False)
+    return [Row(e.example_id, e.input_ids, e.labels) for e in encoded]
+
+
+def synthetic_rows(n: int, max_length: int, vocab: int, seed: int = 0) -> list[Row]:
+    """Conversation-shaped rows: a prompt part without labels and an answer part with them."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        length = max_length if max_length >= 2048 else rng.randint(max_length // 4, max_length)
+        prompt = length // 2
+        ids = [rng.randrange(1000, vocab) for _ in range(length)]
+        rows.append(Row(f"syn-{i}", ids, [-100] * prompt + ids[prompt:]))
+    return rows
+
+
+def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
+    script = Path(__file__).resolve().parents[2] / "shared" / "bench" / "trl_baseline.py"
+    cmd = [python, str(script), "--fixture", str(fixture), "--max-steps", str(steps), "--precision", precision,
+           "--output-dir", str(fixture.parent / "trl_baseline_out")]
+    print(f"[bench] TRL baseline: {' '.join(cmd)}", flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"TRL baseline failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
+          device: torch.device) -> dict:
+    from peft import LoraConfig, get_peft_model
+
+    from train.modeling import lora_target_regex
+    p = PRESETS[preset]
+    steps = steps or p["steps"]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if fixture:
+        from transformers import PreTrainedTokenizerFast
+
+        from train.model_loading import load_text_model
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(fixture / "model"))
+        base = load_text_model(fixture / "model", dtype=dtype, device=device)
+        rows = fixture_rows(fixture, tokenizer, p["max_length"])
+        data = f"fixture {fixture}"
+    else:
+        base = random_text_model(p["shapes"], dtype, device)
+        rows = synthetic_rows(p["micro_batch"] * p["accum"] * steps, p["max_length"], p["shapes"]["vocab_size"])
+        data = "synthetic"
+    cfg = TrainConfig(phase="sft", precision=precision, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                      max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
+                      gradient_checkpointing=gradient_checkpointing).resolve()
+    for prm in base.parameters():
+        prm.requires_grad_(False)
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                                            target_modules=lora_target_regex(cfg.lora_targets)))
+    for prm in model.parameters():
+        if prm.requires_grad:
+            prm.data = prm.data.float()
+    if gradient_checkpointing:
+        model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
+    run = SimpleNamespace(cfg=cfg, info=distributed.DistInfo(), device=device, model=model, params=params)
+
+    # Same order as a sampler with shuffling off: the fixture's row order, micro-batches of 2.
+    micro = [rows[i:i + p["micro_batch"]] for i in range(0, len(rows), p["micro_batch"])]
+    windows = [micro[i:i + p["accum"]] for i in range(0, len(micro), p["accum"])][:steps]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    totals = {"label": 0, "all": 0, "padded": 0}
+    step_times, losses = [], []
+    t_start = time.perf_counter()
+    for window in windows:
+        t = time.perf_counter()
+        loss, grad_norm, n_label, n_all, n_padded = forward_backward(run, [collate(mb) for mb in window])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_times.append(time.perf_counter() - t)
+        losses.append(round(loss, 4))
+        totals["label"] += n_label
+        totals["all"] += n_all
+        totals["padded"] += n_padded
+        print(f"[bench] step {len(step_times)}/{len(windows)}: {step_times[-1]:.2f}s loss {loss:.4f}", flush=True)
+    wall = time.perf_counter() - t_start
+
+    text_cfg = model.base_model.model.config
+    mean_len = totals["all"] / max(1, sum(len(mb) for w in windows for mb in w))
+    flops = model_flops_per_token(text_cfg, int(round(mean_len)), lora_param_count(text_cfg, 16),
+                                  activation_checkpointing=gradient_checkpointing)
+    # Our loss runs the LM head only where there is a label: count its forward and input-gradient matmuls
+    # (2 + 2 FLOPs per weight) for supervised positions only, the rest of the model for every token.
+    head = 4 * flops["params_lm_head"]
+    step_flops = totals["all"] * (flops["model_flops"] - head) + totals["label"] * head
+    peak = measure_matmul_peak(device, dtype)
+    steady = sum(step_times[1:]) or wall
+    steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]
+    result = {
+        "preset": preset, "data": data, "device": str(device), "precision": precision,
+        "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing,
+        "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
+        "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
+        "supervised_tokens": totals["label"], "tokens": totals["all"], "padded_tokens": totals["padded"],
+        "train_wall_s": round(wall, 2),
+        "trained_tokens_per_s": round(totals["label"] / wall, 1),
+        "all_tokens_per_s": round(totals["all"] / wall, 1),
+        "padding_share": round(1 - totals["all"] / max(1, totals["padded"]), 4),
+        "s_per_optimizer_step": round(wall / len(windows), 3),
+        "steady_all_tokens_per_s": round(steady_tokens / steady, 1),
+        "model_flops_per_step_mean": step_flops / len(windows),
+        "matmul_peak_flops": peak,
+        "mfu": round(step_flops / wall / peak, 4),
+        "peak_memory_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)",
+        "losses": losses,
+        "versions": {"torch": torch.__version__},
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--fixture", type=Path, default=None, help="fixture folder from ../shared/bench/make_fixture.py")
+    ap.add_argument("--trl-python", default=None, help="python with trl installed: run TRL's baseline first, same fixture")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: bf16 on GPU or on a CPU with native bf16, else fp32")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    a = ap.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    if a.preset == "8b" and device.type != "cuda":
+        print("bench: the 8b preset needs a GPU (16 GiB of bf16 weights and ~TFLOPs per step); "
+              "use --preset cpu here", file=sys.stderr)
+        return 2
+    if a.trl_python and not a.fixture:
+        print("bench: --trl-python needs --fixture (TRL trains on the fixture)", file=sys.stderr)
+        return 2
+    precision = a.precision
+    if precision == "auto":
+        from train.flow import cpu_has_native_bf16
+        precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
+    report = {}
+    if a.trl_python:
+        report["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
+    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device)
+    if "trl" in report:
+        ours, trl = report["ours"], report["trl"]
+        report["comparison"] = {
+            "all_tokens_per_s_ratio": round(ours["all_tokens_per_s"] / trl["tokens_per_s"], 2),
+            "trained_tokens_per_s_ratio": round(ours["trained_tokens_per_s"] / trl["assistant_tokens_per_s"], 2),
+            "peak_rss_ratio": round(ours["peak_memory_MiB"] / trl["peak_rss_MiB"], 2),
+        }
+    o = report["ours"]
+    print(f"[bench] {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads): "
+          f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
+          f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
+          f"peak memory {o['peak_memory_MiB']} MiB")
+    if "trl" in report:
+        t = report["trl"]
+        print(f"[bench] TRL SFTTrainer: trained {t['assistant_tokens_per_s']} tok/s, all {t['tokens_per_s']} tok/s, "
+              f"peak RSS {t['peak_rss_MiB']} MiB -> ours/TRL: {report['comparison']}")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=1))
+        print(f"[bench] written to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
