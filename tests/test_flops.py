@@ -1,0 +1,135 @@
+"""FLOPs/MFU arithmetic (DESIGN §6) checked against hand counts and against real modules."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from train.flops import (DEFAULT_LORA_TARGETS, lora_param_count, measure_matmul_peak, mfu,
+                         model_flops_per_token)
+
+# The 8B text_config of DESIGN §1.
+EIGHT_B = dict(hidden_size=4096, num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, intermediate_size=14336, vocab_size=131072, tie_word_embeddings=False)
+# head_dim * heads != hidden on purpose, as in the real model (32 * 128 = 4096 only by coincidence there).
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+            intermediate_size=96, vocab_size=512, tie_word_embeddings=False)
+
+
+def _tiny_model(**overrides):
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+    torch.manual_seed(0)
+    return Ministral3ForCausalLM(Ministral3Config(**{**TINY, **overrides}))
+
+
+def test_tiny_hand_count():
+    # q 64x96, k 64x48, v 64x48, o 96x64, gate/up 64x96, down 96x64; lm_head 64x512
+    per_layer = 6144 + 3072 + 3072 + 6144 + 3 * 6144
+    n = 2 * per_layer + 64 * 512
+    f = model_flops_per_token(TINY, seq_len=9)
+    assert f["params_matmul"] == n == 106496
+    assert f["params_total"] == n + 512 * 64 + 2 * 2 * 64 + 64
+    # 2 layers x causal mean context (9+1)/2 = 5 x (scores + weighted sum: 2 * 2 * heads * head_dim).
+    attn_fwd = 2 * (2 * 2 * 4 * 24 * 5)
+    assert f["attention_forward"] == attn_fwd
+    assert f["forward"] == 2 * n + attn_fwd
+    assert f["backward"] == 2 * n + 2 * attn_fwd
+    assert f["model_flops"] == f["hardware_flops"] == 4 * n + 3 * attn_fwd
+    assert f["recompute"] == 0
+
+
+def test_counts_match_real_module():
+    model = _tiny_model()
+    f = model_flops_per_token(model.config, seq_len=16)
+    assert f["params_total"] == sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert f["params_matmul"] == linear
+    assert f["params_lm_head"] == model.lm_head.weight.numel()
+    assert f["params_embedding"] == model.model.embed_tokens.weight.numel()
+
+
+def test_tied_embeddings_keep_lm_head_matmul():
+    model = _tiny_model(tie_word_embeddings=True)
+    f = model_flops_per_token(model.config, seq_len=16)
+    assert f["params_total"] == sum(p.numel() for p in model.parameters())
+    assert f["params_matmul"] == model_flops_per_token(TINY, seq_len=16)["params_matmul"]
+
+
+def test_vlm_config_uses_text_config():
+    from transformers import Ministral3Config
+    vlm_like = {"model_type": "mistral3", "text_config": Ministral3Config(**TINY)}
+    assert model_flops_per_token(vlm_like, 32) == model_flops_per_token(TINY, 32)
+
+
+def test_lora_param_count_matches_peft():
+    from peft import LoraConfig, get_peft_model
+    model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_LORA_TARGETS)))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_param_count(TINY, rank=4) == trainable
+    assert lora_param_count(TINY, rank=4, targets=("q_proj",)) == 2 * 4 * (64 + 96)
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        lora_param_count(TINY, rank=4, targets=("lm_head",))
+
+
+def test_lora_and_checkpointing_terms():
+    p = lora_param_count(TINY, rank=8)
+    base = model_flops_per_token(TINY, seq_len=64)
+    lora = model_flops_per_token(TINY, seq_len=64, lora_params=p)
+    assert lora["forward"] - base["forward"] == 2 * p
+    assert lora["backward"] - base["backward"] == 4 * p
+    ckpt = model_flops_per_token(TINY, seq_len=64, lora_params=p, activation_checkpointing=True)
+    assert ckpt["model_flops"] == lora["model_flops"]  # recompute never counts as model FLOPs
+    layer_matmul = lora["params_matmul"] - lora["params_lm_head"]
+    assert ckpt["recompute"] == 2 * layer_matmul + lora["attention_forward"] + 2 * p
+    assert ckpt["hardware_flops"] == ckpt["model_flops"] + ckpt["recompute"]
+    full = model_flops_per_token(TINY, seq_len=64, full_finetune=True)
+    assert full["backward"] - base["backward"] == 2 * base["params_matmul"]
+
+
+def test_eight_b_parameters_and_flops():
+    f = model_flops_per_token(EIGHT_B, seq_len=2048, lora_params=lora_param_count(EIGHT_B, rank=16))
+    assert f["params_total"] == pytest.approx(8.49e9, rel=2e-3)  # DESIGN §1: 8.49 B
+    assert f["params_total"] * 2 / 2**30 == pytest.approx(15.8, abs=0.05)  # bf16 GiB
+    n = f["params_matmul"]
+    assert n == pytest.approx(7.95e9, rel=2e-3)
+    # LoRA with frozen weights: ~4N, plus attention (a few %) and a tiny adapter term.
+    assert 4 * n < f["model_flops"] < 4.35 * n
+    assert f["model_flops"] == pytest.approx(3.38e10, rel=0.01)
+    assert f["params_lora"] == 44_564_480  # r16 on all seven projections of 34 layers
+
+
+def test_eight_b_matches_meta_model():
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+    with torch.device("meta"):
+        model = Ministral3ForCausalLM(Ministral3Config(**EIGHT_B))
+    assert model_flops_per_token(model.config, 512)["params_total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_mfu():
+    assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    f = model_flops_per_token(TINY, seq_len=8, activation_checkpointing=True)
+    assert mfu(10.0, f, 1e6) == pytest.approx(10.0 * f["model_flops"] / 1e6)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError):
+            mfu(1.0, 1.0, bad)
+
+
+def test_measure_matmul_peak_cpu_is_quick_and_plausible():
+    t0 = time.perf_counter()
+    peak = measure_matmul_peak("cpu", dtype=torch.float32, size=256, seconds=0.2)
+    wall = time.perf_counter() - t0
+    assert math.isfinite(peak) and 1e8 < peak < 1e14
+    assert wall < 3.0
+
+
+def test_measure_matmul_peak_default_cpu_budget():
+    t0 = time.perf_counter()
+    assert measure_matmul_peak("cpu") > 0
+    assert time.perf_counter() - t0 < 3.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measure_matmul_peak_cuda():
+    assert measure_matmul_peak("cuda", size=2048, seconds=0.2) > 1e12
