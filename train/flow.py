@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--sft-max", type=int, default=None, help="cap on generated SFT conversations")
     ap.add_argument("--check-limit", type=int, default=64, help="validation prompts generated in the checks")
+    ap.add_argument("--check-threshold", type=float, default=0.9, help="minimum reasoning-contract pass rate")
     ap.add_argument("--dapt-steps", type=int, default=None, help="override the preset's DAPT --max-steps")
     ap.add_argument("--sft-steps", type=int, default=None, help="override the preset's SFT --max-steps")
     a = ap.parse_args(argv)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--chat-template-path", "templates/mistral3_chat_template_assistant_mask.jinja",
                              "--base-adapter", str(dapt_out)]
          + common + (TINY_SFT if tiny else []) + (["--max-steps", str(a.sft_steps)] if a.sft_steps else [])),
-        ("check", check_main, ["--run-dir", str(sft_out), "--limit", str(a.check_limit)]),
+        ("check", check_main, ["--run-dir", str(sft_out), "--limit", str(a.check_limit),
+                               "--threshold", str(a.check_threshold)]),
     ]
     for name, fn, args in stages:
         banner(f"[flow] stage {name}: {' '.join(args)}")

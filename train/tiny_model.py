@@ -101,7 +101,10 @@ def official_style_template(default_system_prompt: str) -> str:
 
 def sample_texts(raw_dir: Path = SAMPLE_RAW_DIR) -> list[str]:
     """The shipped sample corpus, in a fixed order, as BPE training text."""
-    files = sorted(p for p in raw_dir.rglob("*") if p.suffix in {".txt", ".md"} and p.is_file())
+    # README/NOTICES/licence files describe the corpus; they are not corpus text.
+    skip = ("README", "NOTICES", "LICENSE", "COPYING")
+    files = sorted(p for p in raw_dir.rglob("*") if p.suffix in {".txt", ".md"} and p.is_file()
+                   and not p.name.upper().startswith(skip))
     if not files:
         raise FileNotFoundError(f"no .txt/.md sample text under {raw_dir}: the tiny tokenizer is trained on it")
     return [p.read_text(encoding="utf-8", errors="replace") for p in files] + [STAND_IN_SYSTEM_PROMPT]
@@ -128,7 +131,7 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build(out: str | os.PathLike, text_only: bool = False, seed: int = 0, raw_dir: Path = SAMPLE_RAW_DIR,
-          text_size: dict | None = None) -> Path:
+          text_size: dict | None = None, initializer_range: float = 0.02) -> Path:
     # Single-threaded BPE training keeps merges (and so the files) identical from run to run.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,7 +148,7 @@ def build(out: str | os.PathLike, text_only: bool = False, seed: int = 0, raw_di
 
     text_cfg = Ministral3Config(**size, max_position_embeddings=262144, rope_parameters=dict(REAL_ROPE_PARAMETERS),
                                 rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                                pad_token_id=11, hidden_act="silu")
+                                pad_token_id=11, hidden_act="silu", initializer_range=initializer_range)
     torch.manual_seed(seed)
     if text_only:
         text_cfg.architectures = ["Ministral3ForCausalLM"]
