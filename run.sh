@@ -14,6 +14,7 @@ Usage: ./run.sh [VERB] [FLAGS...]
 
   ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks
                                     (builds the tiny local model when models/Ministral-3-8B-Thinking is absent)
+  ./run.sh flow [FLAGS]             the same full flow with its own flags (--help lists them)
   ./run.sh --phase dapt|sft FLAGS   one training phase (python -m train.main; see --phase dapt --help)
   ./run.sh setup                    create .venv and install requirements (idempotent)
   ./run.sh test [PYTEST ARGS]       the test suite (what .ci/run calls)

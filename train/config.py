@@ -116,8 +116,11 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
                       "use bf16")
     if device.startswith("cuda") and not cuda_available:
         errors.append(f"--device {cfg.device}: CUDA is not available on this machine")
-    if cfg.fsdp and not device.startswith("cuda"):
-        errors.append("--fsdp shards the base model across GPUs; it is not supported on CPU")
+    if cfg.fsdp:
+        errors.append("--fsdp (FSDP2 sharding of the frozen base model) is not implemented yet: the base model "
+                      "must fit on one device (8B in bf16 is 15.8 GiB)")
+    if cfg.phase == "dapt" and cfg.packing is False:
+        errors.append("--no-packing with --phase dapt: DAPT always packs documents into max-length blocks")
     for name in ("max_length", "micro_batch_size", "grad_accum", "epochs", "eval_interval", "save_interval",
                  "keep_checkpoints", "log_interval", "loss_chunk_size", "lora_r"):
         if getattr(cfg, name) < 1:
@@ -143,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(plain PyTorch loop). Defaults are the recipe.")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kw = {"help": f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")}
+        text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
+        kw = {"help": text.replace("%", "%%")}  # argparse formats help strings with %
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if f.type in ("bool", bool):

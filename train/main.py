@@ -167,8 +167,11 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
 def fingerprint(cfg: TrainConfig, info: distributed.DistInfo) -> dict:
     """What must match for a resume to continue the same run (data order, batch shapes, schedule)."""
     keys = ("phase", "seed", "micro_batch_size", "grad_accum", "max_length", "lr", "epochs", "max_steps",
-            "warmup_ratio", "min_lr_ratio", "group_by_length", "lora_r", "lora_alpha", "lora_targets")
-    return {k: getattr(cfg, k) for k in keys} | {"world_size": info.world_size}
+            "warmup_ratio", "min_lr_ratio", "group_by_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+            "precision", "model_path", "base_adapter")
+    train_file = Path(cfg.data_dir) / "train.jsonl"
+    return {k: getattr(cfg, k) for k in keys} | {"world_size": info.world_size,
+                                                 "train_data_sha256": sha256_file(train_file)}
 
 
 def restore(ck: dict, cfg, info, params, optimizer, state) -> None:
@@ -187,6 +190,8 @@ def restore(ck: dict, cfg, info, params, optimizer, state) -> None:
     optimizer.load_state_dict(ck["optimizer"])
     checkpointing.restore_rng(ck["rng"][info.rank])
     state.update({k: saved[k] for k in state})
+    # A resume is a deliberate restart: the consecutive-skip budget starts afresh (the total stays counted).
+    state["consecutive_skips"] = 0
 
 
 # --------------------------------------------------------------------------------------------- loop
