@@ -30,8 +30,8 @@ import torch
 from train import distributed
 from train.batching import Row, collate
 from train.config import TrainConfig
-from train.flops import lora_param_count, measure_matmul_peak, model_flops_per_token
-from train.main import autocast, forward_backward  # noqa: F401  (autocast used through forward_backward)
+from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
+from train.main import forward_backward
 
 CPU_SHAPES = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
                   intermediate_size=1536, vocab_size=32768)
@@ -158,10 +158,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     mean_len = totals["all"] / max(1, sum(len(mb) for w in windows for mb in w))
     flops = model_flops_per_token(text_cfg, int(round(mean_len)), lora_param_count(text_cfg, 16),
                                   activation_checkpointing=gradient_checkpointing)
-    # Our loss runs the LM head only where there is a label: count its forward and input-gradient matmuls
-    # (2 + 2 FLOPs per weight) for supervised positions only, the rest of the model for every token.
-    head = 4 * flops["params_lm_head"]
-    step_flops = totals["all"] * (flops["model_flops"] - head) + totals["label"] * head
+    step_flops = labels_only_step_flops(flops, totals["all"], totals["label"])
     peak = measure_matmul_peak(device, dtype)
     steady = sum(step_times[1:]) or wall
     steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]

@@ -195,3 +195,13 @@ def mfu(tokens_per_s: float, flops_per_token, peak: float) -> float:
     if tokens_per_s < 0 or flops_per_token < 0:
         raise ValueError("tokens_per_s and flops_per_token must be >= 0")
     return float(tokens_per_s) * float(flops_per_token) / float(peak)
+
+
+def labels_only_step_flops(per_token: Mapping, tokens: int, label_tokens: int) -> float:
+    """Model FLOPs of a window trained with train/loss.py's labels-only loss.
+
+    The LM head runs only where a label is (forward 2 + input-gradient 2 FLOPs per head weight), the rest
+    of the model for every non-pad token; model_flops_per_token counts the head for every token.
+    """
+    head = 4 * per_token["params_lm_head"]
+    return tokens * (per_token["model_flops"] - head) + label_tokens * head
