@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from train import distributed
-from train.batching import Row, collate
+from train.batching import Row, collate, epoch_plan
 from train.config import TrainConfig
 from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
 from train.main import forward_backward
@@ -95,7 +95,7 @@ def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
 
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
-          device: torch.device) -> dict:
+          device: torch.device, group_by_length: bool = True) -> dict:
     from peft import LoraConfig, get_peft_model
 
     from train.modeling import lora_target_regex
@@ -131,11 +131,18 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
     run = SimpleNamespace(cfg=cfg, info=distributed.DistInfo(), device=device, model=model, params=params)
 
-    # Same order as a sampler with shuffling off: the fixture's row order, micro-batches of 2.
-    micro = [rows[i:i + p["micro_batch"]] for i in range(0, len(rows), p["micro_batch"])]
+    # The loop's own epoch plan: with --group-by-length (the SFT recipe's default) rows of similar length
+    # share a micro-batch; without it, the fixture's order as a sequential sampler would give it.
+    if group_by_length:
+        plan = epoch_plan([len(r.input_ids) for r in rows], p["micro_batch"], seed=0, epoch=0, group_by_length=True)
+    else:
+        plan = [list(range(i, min(i + p["micro_batch"], len(rows)))) for i in range(0, len(rows), p["micro_batch"])]
+    micro = [[rows[i] for i in mb] for mb in plan]
     windows = [micro[i:i + p["accum"]] for i in range(0, len(micro), p["accum"])][:steps]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        torch.set_flush_denormal(True)  # as the loop does on CPU
     totals = {"label": 0, "all": 0, "padded": 0}
     step_times, losses = [], []
     t_start = time.perf_counter()
@@ -165,6 +172,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     result = {
         "preset": preset, "data": data, "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing,
+        "group_by_length": group_by_length,
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
         "supervised_tokens": totals["label"], "tokens": totals["all"], "padded_tokens": totals["padded"],
@@ -195,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: bf16 on GPU or on a CPU with native bf16, else fp32")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                    help="micro-batches in fixture order (as TRL's default sampler) instead of length-grouped")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {}
     if a.trl_python:
         report["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
-    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device)
+    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device, a.group_by_length)
     if "trl" in report:
         ours, trl = report["ours"], report["trl"]
         report["comparison"] = {

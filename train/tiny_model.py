@@ -43,6 +43,10 @@ REAL_ROPE_PARAMETERS = {
 # Small enough to train in minutes on 2 cores, big enough to learn the THINK format.
 TINY_TEXT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=64, intermediate_size=768, vocab_size=4096)
+# Weight init std. With transformers' usual 0.02 the frozen random lm_head rows are so short that even a
+# perfectly aligned hidden state cannot push one logit far above the others (loss floor ~3.3 nats at
+# vocab 4096), and LoRA, which never touches lm_head, cannot fix that. 0.1 removes the floor.
+TINY_INIT_STD = 0.1
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                    head_dim=16, image_size=64, patch_size=16)
 
@@ -131,7 +135,7 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build(out: str | os.PathLike, text_only: bool = False, seed: int = 0, raw_dir: Path = SAMPLE_RAW_DIR,
-          text_size: dict | None = None, initializer_range: float = 0.02) -> Path:
+          text_size: dict | None = None, initializer_range: float = TINY_INIT_STD) -> Path:
     # Single-threaded BPE training keeps merges (and so the files) identical from run to run.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,65 @@
+"""Issue 7: throughput and debugging flags keep the numbers and do what they say."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from train.batching import Row, collate
+from train.config import TrainConfig
+from train.loss import labels_only_loss_sum
+from train.main import main
+from train.modeling import build_model, causal_lm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = labels_only_loss_sum(causal_lm(model), batch, 16)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_activation_checkpointing_keeps_loss_and_lora_grads(tiny_text_model_dir):
+    rows = [Row("a", list(range(1000, 1040)), [-100] * 10 + list(range(1010, 1040))),
+            Row("b", list(range(2000, 2025)), [-100] * 5 + list(range(2005, 2025)))]
+    batch = collate(rows)
+    out = {}
+    for ckpt in (False, True):
+        cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.0,
+                          gradient_checkpointing=ckpt).resolve()
+        torch.manual_seed(0)
+        model = build_model(cfg, torch.device("cpu"), lambda _: None)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(hash(n) % 2**31))
+        model.train()
+        out[ckpt] = _grads(model, batch)
+    assert torch.allclose(out[False][0], out[True][0], rtol=1e-6)
+    assert out[False][1].keys() == out[True][1].keys() and out[True][1]
+    for n in out[False][1]:
+        assert torch.allclose(out[False][1][n], out[True][1][n], rtol=1e-5, atol=1e-7), n
+
+
+def test_model_uses_sdpa_attention(tiny_text_model_dir):
+    from train.model_loading import load_text_model
+    assert load_text_model(tiny_text_model_dir).config._attn_implementation == "sdpa"
+
+
+def test_profile_steps_write_a_trace(tiny_text_model_dir, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    text = (ROOT / "data/raw/cc65__cpus.txt").read_text(encoding="utf-8")
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text(json.dumps({"id": split, "source": "t", "text": text[:3000]}) + "\n")
+    out = tmp_path / "o"
+    assert main(["--phase", "dapt", "--model-path", str(tiny_text_model_dir), "--dapt-dir", str(data), "--output-dir",
+                 str(out), "--max-length", "32", "--grad-accum", "1", "--precision", "fp32", "--max-steps", "3",
+                 "--profile-steps", "2:3", "--deterministic"]) == 0
+    trace = out / "profile" / "trace-steps2-3-rank0.json"
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name") for e in events}
+    assert {"forward", "backward", "optimizer"} <= names
