@@ -182,14 +182,17 @@ def test_accumulation_is_token_weighted_over_the_window(tiny_text_model_dir):
         return [p.grad.clone() for p in params]
 
     windowed, single = grads(micro), grads([rows])
-    for a, b in zip(windowed, single):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Same math, different batching (padding, summation order): agreement to fp32 rounding, relative to
+    # each tensor's largest gradient.
+    worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(windowed, single))
+    assert worst < 1e-5, worst
     # The mean of per-micro-batch means weighs tokens unequally: the test would catch that regression.
     model.zero_grad(set_to_none=True)
     for b in micro:
         c = collate(b)
         (labels_only_loss_sum(lm, c, 8) / c["n_label_tokens"] / len(micro)).backward()
-    assert not all(torch.allclose(p.grad, s, rtol=1e-3, atol=1e-6) for p, s in zip(params, single))
+    off = max(((p.grad - s).abs().max() / s.abs().max().clamp_min(1e-12)).item() for p, s in zip(params, single))
+    assert off > 1e-2, off
 
 
 @pytest.mark.parametrize("extra, message", [
