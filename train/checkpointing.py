@@ -31,7 +31,7 @@ class CheckpointCorrupt(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -120,7 +120,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, *, trainable: dict[str, to
     opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "rng.json").write_text(json.dumps(rng_per_rank))
-    files = {name: _sha256(tmp / name) for name in ("adapter.safetensors", "optimizer.safetensors", "rng.json")}
+    files = {name: sha256_file(tmp / name) for name in ("adapter.safetensors", "optimizer.safetensors", "rng.json")}
     manifest = {"format": FORMAT_VERSION, "step": step, "loop_state": loop_state, "optimizer": opt_meta,
                 "files": files}
     with (tmp / MANIFEST).open("w") as f:
@@ -147,7 +147,7 @@ def load_checkpoint(path: str | Path) -> dict:
         f = path / name
         if not f.is_file():
             raise CheckpointCorrupt(f"{f}: missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointCorrupt(f"{f}: sha256 mismatch (truncated or modified after it was written)")
     try:
         trainable = load_file(str(path / "adapter.safetensors"))

@@ -19,7 +19,6 @@ if __package__ in (None, ""):
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from train import checkpointing, distributed, forensics
+from train.checkpointing import sha256_file
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
@@ -53,14 +53,6 @@ def resolve_device(cfg: TrainConfig, info: distributed.DistInfo) -> torch.device
     if cfg.device == "auto":
         return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(cfg.device)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[list[Row], list[Row], dict]:

@@ -36,19 +36,18 @@ class RunLog:
                 self._log.write(line + "\n")
                 self._log.flush()
 
-    def warn(self, msg: str) -> None:
-        line = self._line("WARN", msg)
+    def _emit_everywhere(self, level: str, msg: str) -> None:
+        line = self._line(level, msg)
         tqdm.write(line, file=sys.stderr)
         if self._log:
             self._log.write(line + "\n")
             self._log.flush()
 
+    def warn(self, msg: str) -> None:
+        self._emit_everywhere("WARN", msg)
+
     def error(self, msg: str) -> None:
-        line = self._line("ERROR", msg)
-        tqdm.write(line, file=sys.stderr)
-        if self._log:
-            self._log.write(line + "\n")
-            self._log.flush()
+        self._emit_everywhere("ERROR", msg)
 
     def metrics(self, record: dict) -> None:
         if self._metrics:
