@@ -28,3 +28,21 @@ def tiny_text_model_dir(tmp_path_factory) -> Path:
 def tiny_tokenizer(tiny_model_dir):
     from train.model_loading import load_tokenizer
     return load_tokenizer(tiny_model_dir)
+
+
+def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
+    """A fp32, dropout-free LoRA model whose B matrices are non-zero, so every adapter tensor gets a
+    gradient (peft initialises B to zero, which would leave A's gradient identically zero)."""
+    import torch
+
+    from train.config import TrainConfig
+    from train.modeling import build_model
+    cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", lora_dropout=0.0, **overrides).resolve()
+    torch.manual_seed(seed)  # LoRA A is initialised from the global RNG: same seed, same model
+    model = build_model(cfg, torch.device("cpu"), lambda _: None)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model

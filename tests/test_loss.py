@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from conftest import lora_model
 from train.batching import Row, collate
 from train.config import TrainConfig
 from train.loss import full_logits_loss_sum, labels_only_loss_sum
@@ -10,12 +11,7 @@ from train.modeling import build_model, causal_lm
 
 
 def test_labels_only_loss_and_grads_equal_full_logits(tiny_text_model_dir):
-    cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.0).resolve()
-    model = build_model(cfg, torch.device("cpu"), lambda _: None)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
+    model = lora_model(tiny_text_model_dir)
     lm = causal_lm(model)
     g = torch.Generator().manual_seed(1)
     rows = []

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+from conftest import lora_model
 from train.batching import Row, collate
-from train.config import TrainConfig
 from train.loss import labels_only_loss_sum
 from train.main import main
-from train.modeling import build_model, causal_lm
+from train.modeling import causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,14 +28,7 @@ def test_activation_checkpointing_keeps_loss_and_lora_grads(tiny_text_model_dir)
     batch = collate(rows)
     out = {}
     for ckpt in (False, True):
-        cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.0,
-                          gradient_checkpointing=ckpt).resolve()
-        torch.manual_seed(0)
-        model = build_model(cfg, torch.device("cpu"), lambda _: None)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(hash(n) % 2**31))
+        model = lora_model(tiny_text_model_dir, gradient_checkpointing=ckpt)
         model.train()
         out[ckpt] = _grads(model, batch)
     assert torch.allclose(out[False][0], out[True][0], rtol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import lora_model
 from train import checkpointing
 from train.batching import Row, collate
 from train.config import TrainConfig
@@ -156,13 +157,7 @@ def test_saved_adapter_reproduces_trained_logits(full_run, tiny_text_model_dir):
 
 def test_accumulation_is_token_weighted_over_the_window(tiny_text_model_dir):
     """k micro-batches with unequal supervised-token counts give the gradients of one batch of all rows."""
-    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.0).resolve()
-    model = build_model(cfg, torch.device("cpu"), lambda _: None)
-    # Make LoRA B non-zero so every adapter tensor gets a gradient.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.02)
+    model = lora_model(tiny_text_model_dir, phase="dapt")
     lm = causal_lm(model)
     g = torch.Generator().manual_seed(0)
 
