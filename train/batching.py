@@ -17,6 +17,8 @@ import torch
 from contract.tokens import BOS_ID, EOS_ID, PAD_ID
 
 IGNORE_INDEX = -100
+# Below this many shared tokens a second forward call costs more in launch overhead than it saves.
+SHARED_PREFIX_MIN_TOKENS = 16
 
 
 @dataclass
@@ -88,12 +90,32 @@ def epoch_plan(lengths: list[int], micro_batch_size: int, seed: int, epoch: int,
     return batches
 
 
-def collate(rows: list[Row], pad_id: int = PAD_ID) -> dict:
+def shared_prefix_length(rows: list[Row]) -> int:
+    """Leading tokens that every row of a micro-batch has in common and that predict no label.
+
+    In SFT every conversation starts with the same <s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT] (hundreds of
+    tokens), so the loss can run that prefix once and let all rows attend to its keys and values
+    (train/loss.py). The prefix stops before the last position whose hidden state would predict a label.
+    """
+    if len(rows) < 2:
+        return 0
+    first, n = rows[0].input_ids, min(len(r.input_ids) for r in rows)
+    common = 0
+    while common < n and all(r.input_ids[common] == first[common] for r in rows[1:]):
+        common += 1
+    # Position j predicts token j+1, so the hidden states of positions >= first_label-1 are needed.
+    first_label = min(next((i for i, x in enumerate(r.labels) if x != IGNORE_INDEX), len(r.labels)) for r in rows)
+    prefix = min(common, first_label - 1)
+    return prefix if prefix >= SHARED_PREFIX_MIN_TOKENS else 0
+
+
+def collate(rows: list[Row], pad_id: int = PAD_ID, share_prefix: bool = False) -> dict:
     """Right-padded tensors plus what the loss and the throughput counters need, computed on the host.
 
-    `label_positions` / `targets` are the flat indices (into batch x (seq-1)) of positions that predict a
-    label and the labels they predict; computing them here keeps boolean indexing (a device->host sync)
-    out of the training step.
+    `label_positions` / `targets` are the flat indices of positions that predict a label and the labels
+    they predict, into batch x (seq - 1 - shared_prefix): the positions the loss's trunk output covers.
+    Computing them here keeps boolean indexing (a device->host sync) out of the training step.
+    `n_trunk_tokens` is what the transformer layers actually process (MFU counts those).
     """
     width = max(len(r.input_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -104,12 +126,15 @@ def collate(rows: list[Row], pad_id: int = PAD_ID) -> dict:
         input_ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         attention_mask[i, :n] = 1
-    shifted = labels[:, 1:]
+    prefix = shared_prefix_length(rows) if share_prefix else 0
+    shifted = labels[:, 1 + prefix:]
     label_positions = (shifted != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+    n_tokens = int(attention_mask.sum())
     return {
-        "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask,
+        "input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "shared_prefix": prefix,
         "label_positions": label_positions, "targets": shifted.reshape(-1)[label_positions],
-        "n_label_tokens": int(label_positions.numel()), "n_tokens": int(attention_mask.sum()),
+        "n_label_tokens": int(label_positions.numel()), "n_tokens": n_tokens,
+        "n_trunk_tokens": n_tokens - (len(rows) - 1) * prefix,
         "n_padded_tokens": int(input_ids.numel()), "row_ids": [r.row_id for r in rows],
     }
 

@@ -143,21 +143,20 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         torch.cuda.reset_peak_memory_stats(device)
     else:
         torch.set_flush_denormal(True)  # as the loop does on CPU
-    totals = {"label": 0, "all": 0, "padded": 0}
+    totals = {"label": 0, "all": 0, "trunk": 0, "padded": 0}
     step_times, losses = [], []
     t_start = time.perf_counter()
     for window in windows:
         t = time.perf_counter()
-        loss, grad_norm, n_label, n_all, n_padded = forward_backward(run, [collate(mb) for mb in window])
+        loss, grad_norm, counts = forward_backward(run, [collate(mb, share_prefix=cfg.share_prefix) for mb in window])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_times.append(time.perf_counter() - t)
         losses.append(round(loss, 4))
-        totals["label"] += n_label
-        totals["all"] += n_all
-        totals["padded"] += n_padded
+        for k in totals:
+            totals[k] += counts[k]
         print(f"[bench] step {len(step_times)}/{len(windows)}: {step_times[-1]:.2f}s loss {loss:.4f}", flush=True)
     wall = time.perf_counter() - t_start
 
@@ -165,7 +164,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     mean_len = totals["all"] / max(1, sum(len(mb) for w in windows for mb in w))
     flops = model_flops_per_token(text_cfg, int(round(mean_len)), lora_param_count(text_cfg, 16),
                                   activation_checkpointing=gradient_checkpointing)
-    step_flops = labels_only_step_flops(flops, totals["all"], totals["label"])
+    step_flops = labels_only_step_flops(flops, totals["trunk"], totals["label"])
     peak = measure_matmul_peak(device, dtype)
     steady = sum(step_times[1:]) or wall
     steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]

@@ -46,6 +46,8 @@ class TrainConfig:
     packing: bool = _opt(None, "pack rows into max-length blocks (default on for DAPT, must be off for SFT)")
     drop_overlong: bool = _opt(False, "SFT: drop (and count) conversations that do not fit max_length")
     group_by_length: bool = _opt(True, "SFT: batch rows of similar length together to cut padding")
+    share_prefix: bool = _opt(None, "SFT: run the prompt prefix all rows of a micro-batch share (the system "
+                              "prompt) once for the whole micro-batch (default on unless --gradient-checkpointing)")
     eval_interval: int = _opt(50, "evaluate on the validation split every N optimizer steps (and at the end)")
     eval_max_batches: int = _opt(None, "cap on validation micro-batches per evaluation (None = whole split)")
     save_interval: int = _opt(100, "write a checkpoint every N optimizer steps (and at the end)")
@@ -74,6 +76,8 @@ class TrainConfig:
             self.packing = self.phase == "dapt"
         if self.assistant_only_loss is None:
             self.assistant_only_loss = self.phase == "sft"
+        if self.share_prefix is None:
+            self.share_prefix = self.phase == "sft" and not self.gradient_checkpointing
         return self
 
     @property
@@ -119,6 +123,9 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
     if cfg.fsdp:
         errors.append("--fsdp (FSDP2 sharding of the frozen base model) is not implemented yet: the base model "
                       "must fit on one device (8B in bf16 is 15.8 GiB)")
+    if cfg.share_prefix and cfg.gradient_checkpointing:
+        errors.append("--share-prefix with --gradient-checkpointing: transformers' checkpointed layers drop the "
+                      "key/value cache the rows read the shared prefix from; use --no-share-prefix")
     if cfg.phase == "dapt" and cfg.packing is False:
         errors.append("--no-packing with --phase dapt: DAPT always packs documents into max-length blocks")
     for name in ("max_length", "micro_batch_size", "grad_accum", "epochs", "eval_interval", "save_interval",

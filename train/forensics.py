@@ -72,7 +72,7 @@ def _first_non_finite(obj) -> bool:
 
 def replay(bundle: str | Path, device: str = "cpu") -> dict:
     """Re-run a bundle's micro-batches; returns what went non-finite first (module, or loss, or gradient)."""
-    from train.batching import IGNORE_INDEX
+    from train.batching import Row, collate, to_device
     from train.checkpointing import restore_rng
     from train.config import TrainConfig
     from train.loss import labels_only_loss_sum
@@ -103,13 +103,12 @@ def replay(bundle: str | Path, device: str = "cpu") -> dict:
     result = {"bundle": str(bundle), "step": meta["step"], "row_ids": meta["row_ids"]}
     try:
         for i in range(meta["micro_batches"]):
-            labels = data[f"mb{i}.labels"]
-            shifted = labels[:, 1:]
-            positions = (shifted != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
-            batch = {"input_ids": data[f"mb{i}.input_ids"], "attention_mask": data[f"mb{i}.attention_mask"],
-                     "labels": labels, "label_positions": positions, "targets": shifted.reshape(-1)[positions],
-                     "n_label_tokens": int(positions.numel())}
-            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            # Rebuilt into rows and collated as the loop does, so the replay takes the same code path
+            # (shared prefix included).
+            ids, labels, mask = (data[f"mb{i}.{k}"] for k in ("input_ids", "labels", "attention_mask"))
+            rows = [Row(f"mb{i}.row{r}", ids[r, :int(mask[r].sum())].tolist(), labels[r, :int(mask[r].sum())].tolist())
+                    for r in range(ids.shape[0])]
+            batch = to_device(collate(rows, share_prefix=bool(cfg.share_prefix)), dev)
             ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast(dev.type, enabled=False)
             with ctx:
                 loss = labels_only_loss_sum(causal_lm(model), batch, cfg.loss_chunk_size)

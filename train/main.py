@@ -228,23 +228,29 @@ def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], 
     """
     window = plan[start:start + run.micro_per_step]
     mine = window[run.info.rank::run.info.world_size]
-    batches = [collate([run.train_rows[i] for i in mb]) for mb in mine]
+    batches = [collate([run.train_rows[i] for i in mb], share_prefix=run.cfg.share_prefix) for mb in mine]
     return batches, [rid for mb in window for rid in (run.train_rows[i].row_id for i in mb)]
 
 
-def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[float, float, int, int, int]:
+# Window token counts: name in the loop -> per-micro-batch key from batching.collate.
+TOKEN_COUNTS = {"label": "n_label_tokens", "all": "n_tokens", "trunk": "n_trunk_tokens", "padded": "n_padded_tokens"}
+
+
+def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[float, float, dict[str, int]]:
     """Gradients of one optimizer step's window, summed over processes and clipped.
 
-    Returns (loss, grad_norm, supervised tokens, non-pad tokens, padded tokens) for the whole window.
+    Returns (loss, grad_norm, token counts) for the whole window; the counts are supervised tokens
+    ("label"), non-pad tokens ("all"), tokens the layers ran ("trunk": all minus shared-prefix repeats)
+    and tokens including padding ("padded").
     The one host sync per step is here, after all micro-batches: the loss and norm are needed to decide
     whether the update is safe to apply.
     """
     info, lm, params = run.info, causal_lm(run.model), list(run.params.values())
     # Normalise by the supervised tokens of the whole window on all processes, known before any
     # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
-    n_label, n_all, n_padded = (int(x) for x in distributed.all_reduce_sum(
-        info, [sum(b["n_label_tokens"] for b in batches), sum(b["n_tokens"] for b in batches),
-               sum(b["n_padded_tokens"] for b in batches)], run.device))
+    counts = dict(zip(TOKEN_COUNTS, (int(x) for x in distributed.all_reduce_sum(
+        info, [sum(b[key] for b in batches) for key in TOKEN_COUNTS.values()], run.device))))
+    n_label = counts["label"]
     loss_sum = torch.zeros((), device=run.device)
     for b in batches:
         b = to_device(b, run.device)
@@ -263,7 +269,7 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
     loss = distributed.all_reduce_sum(info, [loss_sum.item()], run.device)[0] / max(n_label, 1)
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return loss, grad_norm, n_label, n_all, n_padded
+    return loss, grad_norm, counts
 
 
 def fit(run) -> None:
@@ -278,7 +284,7 @@ def fit(run) -> None:
         log.metrics({"kind": "eval", "step": 0, "eval_loss": state["eval_loss_before"]})
 
     plan, plan_epoch = None, None
-    window_t0, window_tokens = time.perf_counter(), {"label": 0, "all": 0, "padded": 0}
+    window_t0, window_tokens = time.perf_counter(), dict.fromkeys(TOKEN_COUNTS, 0)
     bar = tqdm(total=run.total_steps, initial=state["step"], desc=f"{cfg.phase}", unit="step",
                disable=not info.is_main, dynamic_ncols=True)
     model.train()
@@ -292,7 +298,8 @@ def fit(run) -> None:
         rng_at_start = checkpointing.capture_rng()
         batches, window_ids = window_batches(run, plan, state["micro_index"])
 
-        loss, grad_norm, n_label, n_all, n_padded = forward_backward(run, batches, poison=step in nan_steps)
+        loss, grad_norm, counts = forward_backward(run, batches, poison=step in nan_steps)
+        n_label = counts["label"]
 
         lr = lr_at(step - 1, cfg, run.total_steps)
         if math.isfinite(loss) and math.isfinite(grad_norm) and n_label > 0:
@@ -320,9 +327,8 @@ def fit(run) -> None:
         if state["micro_index"] >= len(plan):
             state["epoch"] += 1
             state["micro_index"] = 0
-        window_tokens["label"] += n_label
-        window_tokens["all"] += n_all
-        window_tokens["padded"] += n_padded
+        for k in TOKEN_COUNTS:
+            window_tokens[k] += counts[k]
         profiler.step_end(step)
 
         if state["consecutive_skips"] > cfg.max_consecutive_skips:
@@ -334,18 +340,19 @@ def fit(run) -> None:
         if step % cfg.log_interval == 0 or step == run.total_steps:
             elapsed = time.perf_counter() - window_t0
             record = {"kind": "train", "step": step, "epoch": state["epoch"], "loss": loss, "lr": lr,
-                      "grad_norm": grad_norm, "supervised_tokens": n_label, "tokens": n_all,
+                      "grad_norm": grad_norm, "supervised_tokens": n_label, "tokens": counts["all"],
                       "tokens_per_s": window_tokens["label"] / elapsed,
                       "all_tokens_per_s": window_tokens["all"] / elapsed,
                       "padding_share": 1 - window_tokens["all"] / max(1, window_tokens["padded"]),
                       "step_time_s": elapsed / cfg.log_interval, "skipped_steps": state["skipped_steps"],
-                      "mfu": labels_only_step_flops(run.flops_per_token, window_tokens["all"], window_tokens["label"])
+                      # FLOPs actually run: a shared prefix counts once per micro-batch, not once per row.
+                      "mfu": labels_only_step_flops(run.flops_per_token, window_tokens["trunk"], window_tokens["label"])
                       / elapsed / run.peak_flops / info.world_size,
                       "peak_mem_MiB": peak_memory_mib(run.device)}
             log.metrics(record)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", mfu=f"{record['mfu']:.1%}",
                             refresh=False)
-            window_t0, window_tokens = time.perf_counter(), {"label": 0, "all": 0, "padded": 0}
+            window_t0, window_tokens = time.perf_counter(), dict.fromkeys(TOKEN_COUNTS, 0)
         bar.update(1)
 
         if step % cfg.eval_interval == 0 and step != run.total_steps:
@@ -382,7 +389,7 @@ def evaluate(run) -> float:
     run.model.eval()
     loss_sum, n_label = torch.zeros((), device=run.device), 0
     for mb in batches[info.rank::info.world_size]:
-        b = collate([rows[i] for i in mb])
+        b = collate([rows[i] for i in mb], share_prefix=cfg.share_prefix)
         n_label += b["n_label_tokens"]
         with autocast(run):
             loss_sum += labels_only_loss_sum(causal_lm(run.model), to_device(b, run.device), cfg.loss_chunk_size)
