@@ -8,6 +8,8 @@ Layout of checkpoints/step-NNNNNN/:
                           written last, so a folder without a valid one is incomplete by construction.
 A checkpoint is written to checkpoints/.tmp-step-NNNNNN and renamed into place: a crash mid-write never
 leaves a half-written folder under a final name.
+Under --fsdp the tensors are gathered to whole ones before writing and split again after reading
+(gather_full_* / load_full_state), so the files are the same with and without FSDP.
 """
 from __future__ import annotations
 
@@ -101,14 +103,60 @@ def _join_optimizer_state(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+# ---- FSDP: whole tensors in, whole tensors out ------------------------------------------------------
+
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def _optimizer_indices(model, optimizer) -> dict[str, int]:
+    """Parameter name -> the number optimizer.state_dict() gives it (its position over all param groups).
+    torch.distributed.checkpoint keys optimizer state by name; the files key it by that number."""
+    position = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    return {n: position[id(p)] for n, p in model.named_parameters() if id(p) in position}
+
+
+def gather_full_trainable(model) -> dict[str, torch.Tensor]:
+    """Whole (unsharded) trainable tensors by parameter name, on CPU, on the main process; {} elsewhere.
+    A collective: every process must call it. Frozen base weights are left out (never gathered)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True, ignore_frozen_params=True))
+
+
+def gather_full_optimizer(model, optimizer) -> dict:
+    """What optimizer.state_dict() returns without FSDP, with whole moment tensors, on the main process
+    ({} elsewhere). A collective: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    sd = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    if not sd.get("state") and not sd.get("param_groups"):
+        return {}
+    index = _optimizer_indices(model, optimizer)
+    return {"state": {index[name]: st for name, st in sd["state"].items()},
+            "param_groups": [dict(g, params=[index[name] for name in g["params"]]) for g in sd["param_groups"]]}
+
+
+def load_full_state(model, optimizer, trainable: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+    """Put whole tensors from a checkpoint into the sharded model and optimizer. Every process read the
+    same files, so each keeps its own shard and nothing is broadcast."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    # strict=False: the checkpoint holds the adapters only; the frozen base weights are already loaded.
+    set_model_state_dict(model, trainable, options=_full_options(strict=False))
+    name = {i: n for n, i in _optimizer_indices(model, optimizer).items()}
+    by_name = {"state": {name[i]: st for i, st in optimizer_state["state"].items()},
+               "param_groups": [dict(g, params=[name[i] for i in g["params"]]) for g in optimizer_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())
+
+
 # ---- save / find / load ---------------------------------------------------------------------------
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def save_checkpoint(ckpt_root: str | Path, step: int, *, trainable: dict[str, torch.Tensor], optimizer,
+def save_checkpoint(ckpt_root: str | Path, step: int, *, trainable: dict[str, torch.Tensor], optimizer_state: dict,
                     loop_state: dict, rng_per_rank: list[dict], keep: int) -> Path:
+    """`optimizer_state` is optimizer.state_dict() (or gather_full_optimizer's equivalent under FSDP)."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
@@ -117,7 +165,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, *, trainable: dict[str, to
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "adapter.safetensors"))
-    opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
+    opt_tensors, opt_meta = _split_optimizer_state(optimizer_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "rng.json").write_text(json.dumps(rng_per_rank))
     files = {name: sha256_file(tmp / name) for name in ("adapter.safetensors", "optimizer.safetensors", "rng.json")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class TrainConfig:
     drop_overlong: bool = _opt(False, "SFT: drop (and count) conversations that do not fit max_length")
     group_by_length: bool = _opt(True, "SFT: batch rows of similar length together to cut padding")
     share_prefix: bool = _opt(None, "SFT: run the prompt prefix all rows of a micro-batch share (the system "
-                              "prompt) once for the whole micro-batch (default on unless --gradient-checkpointing)")
+                              "prompt) once for the whole micro-batch (default on unless --gradient-checkpointing "
+                              "or --fsdp)")
     eval_interval: int = _opt(50, "evaluate on the validation split every N optimizer steps (and at the end)")
     eval_max_batches: int = _opt(None, "cap on validation micro-batches per evaluation (None = whole split)")
     save_interval: int = _opt(100, "write a checkpoint every N optimizer steps (and at the end)")
@@ -61,7 +63,8 @@ class TrainConfig:
     loss_chunk_size: int = _opt(1024, "label positions per LM-head chunk in the memory-lean loss")
     compile: bool = _opt(False, "torch.compile the model's decoder layers")
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    fsdp: bool = _opt(False, "shard the frozen base model with FSDP2 across processes (multi-GPU)")
+    fsdp: bool = _opt(False, "under torchrun: shard the base model and the adapters across the processes with FSDP2 "
+                      "(for a base model that does not fit one device)")
     profile_steps: str = _opt(None, "A:B - write a torch profiler trace for optimizer steps A..B")
     detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection (slow; names the op that made a NaN)")
     deterministic: bool = _opt(False, "torch deterministic algorithms (bitwise-repeatable GPU runs, slower)")
@@ -77,7 +80,7 @@ class TrainConfig:
         if self.assistant_only_loss is None:
             self.assistant_only_loss = self.phase == "sft"
         if self.share_prefix is None:
-            self.share_prefix = self.phase == "sft" and not self.gradient_checkpointing
+            self.share_prefix = self.phase == "sft" and not self.gradient_checkpointing and not self.fsdp
         return self
 
     @property
@@ -121,8 +124,22 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
     if device.startswith("cuda") and not cuda_available:
         errors.append(f"--device {cfg.device}: CUDA is not available on this machine")
     if cfg.fsdp:
-        errors.append("--fsdp (FSDP2 sharding of the frozen base model) is not implemented yet: the base model "
-                      "must fit on one device (8B in bf16 is 15.8 GiB)")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world < 2:
+            errors.append(f"--fsdp needs torchrun with at least 2 processes (WORLD_SIZE={world} here): FSDP2 shards "
+                          "the model across processes; launch with `torchrun --nproc_per_node=N train/main.py ...` "
+                          "or drop --fsdp")
+        if cfg.compile:
+            errors.append("--compile with --fsdp: compiling FSDP2-wrapped layers is not supported by this loop; "
+                          "use --no-compile")
+        if cfg.share_prefix:
+            # The prefix runs as its own forward call through every layer. Measured (torch 2.13, gloo): the
+            # backward fails with "setStorage: ... out of bounds for storage of size 0", i.e. a layer's
+            # gathered weights are freed after its backward for the suffix call while the prefix call's
+            # backward still needs them. Micro-batches with and without a shared prefix (1-row batches
+            # have none) would also run different numbers of collectives on different processes.
+            errors.append("--share-prefix with --fsdp: the shared-prefix key/value cache path runs each layer twice "
+                          "per micro-batch, which FSDP2's per-layer gather/free does not support; use --no-share-prefix")
     if cfg.share_prefix and cfg.gradient_checkpointing:
         errors.append("--share-prefix with --gradient-checkpointing: transformers' checkpointed layers drop the "
                       "key/value cache the rows read the shared prefix from; use --no-share-prefix")

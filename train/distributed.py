@@ -4,6 +4,9 @@ Data parallelism here is deliberately hand-rolled instead of DistributedDataPara
 weights train (a few MB), so one coalesced all-reduce of their gradients at the accumulation boundary is
 all the communication there is. There are no autograd hooks, no no_sync() contexts and no bucket
 ordering to reason about when reading a trace, and 1 process and N processes run the same code.
+
+--fsdp is the exception, for a base model that does not fit one device: FSDP2 (fully_shard, set up in
+modeling.shard_model) then owns the gradient communication and all_reduce_grads is not used.
 """
 from __future__ import annotations
 
@@ -42,6 +45,12 @@ def init(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def device_mesh(info: DistInfo, device: torch.device):
+    """1-D mesh over all processes for FSDP2, on the process group init() created (gloo on CPU, NCCL on GPU)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    return init_device_mesh(device.type, (info.world_size,), mesh_dim_names=("fsdp",))
 
 
 def cleanup(info: DistInfo) -> None:

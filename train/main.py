@@ -2,6 +2,7 @@
 
     ./run.sh --phase sft --model-path M --sft-dir D --output-dir O ...        (one process)
     torchrun --nproc_per_node=N train/main.py --phase sft ...                   (N processes, same flags)
+    torchrun --nproc_per_node=N train/main.py --phase sft --fsdp ...            (N processes, model sharded)
 
 Read top to bottom: setup() builds everything and fails early; fit() is the loop; evaluate() is the
 validation pass; finish() writes the artifacts. Everything that is not the loop lives in a small module
@@ -39,7 +40,7 @@ from train.config import ConfigError, TrainConfig, parse_args, validate_args
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
 from train.loss import labels_only_loss_sum
 from train.model_loading import load_tokenizer
-from train.modeling import build_model, causal_lm, trainable_parameters
+from train.modeling import build_model, causal_lm, fsdp_root, trainable_parameters
 from train.run_log import RunLog
 
 
@@ -120,7 +121,9 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
 
     tokenizer = load_tokenizer(cfg.model_path)
     train_rows, val_rows, data_stats = load_rows(cfg, tokenizer, log, info.is_main)
-    model = build_model(cfg, device, log.info)
+    mesh = distributed.device_mesh(info, device) if cfg.fsdp else None
+    model = build_model(cfg, device, log.info, mesh=mesh)
+    # After sharding: fully_shard replaces every parameter with a DTensor, and the optimizer must hold those.
     params = trainable_parameters(model)
     n_trainable = sum(p.numel() for p in params.values())
     n_total = sum(p.numel() for p in model.parameters())
@@ -147,7 +150,7 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         if ck is None:
             log.warn(f"--resume: no complete checkpoint under {out / 'checkpoints'}; starting from step 0")
         else:
-            restore(ck, cfg, info, params, optimizer, state)
+            restore(ck, cfg, info, model, params, optimizer, state)
             log.info(f"resumed from {ck['path']} at step {state['step']} (epoch {state['epoch']}, "
                      f"micro-batch {state['micro_index']})")
 
@@ -163,8 +166,8 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
              f"measured matmul peak {peak_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
 
     run = SimpleNamespace(cfg=cfg, info=info, device=device, log=log, tokenizer=tokenizer, model=model,
-                          params=params, optimizer=optimizer, train_rows=train_rows, val_rows=val_rows,
-                          data_stats=data_stats, state=state, total_steps=total_steps,
+                          fsdp=fsdp_root(model), params=params, optimizer=optimizer, train_rows=train_rows,
+                          val_rows=val_rows, data_stats=data_stats, state=state, total_steps=total_steps,
                           micro_per_step=micro_per_step, n_trainable=n_trainable, started=time.time(),
                           stopped_early=False, flops_per_token=flops_per_token, peak_flops=peak_flops)
     if info.is_main:
@@ -182,7 +185,7 @@ def fingerprint(cfg: TrainConfig, info: distributed.DistInfo) -> dict:
                                                  "train_data_sha256": sha256_file(train_file)}
 
 
-def restore(ck: dict, cfg, info, params, optimizer, state) -> None:
+def restore(ck: dict, cfg, info, model, params, optimizer, state) -> None:
     saved = ck["loop_state"]
     mismatch = {k: (v, saved["fingerprint"].get(k)) for k, v in fingerprint(cfg, info).items()
                 if saved["fingerprint"].get(k) != v}
@@ -192,10 +195,13 @@ def restore(ck: dict, cfg, info, params, optimizer, state) -> None:
     missing = set(params) - set(ck["trainable"])
     if missing:
         raise checkpointing.CheckpointCorrupt(f"{ck['path']}: adapter tensors missing: {sorted(missing)[:3]}")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(ck["trainable"][name])
-    optimizer.load_state_dict(ck["optimizer"])
+    if cfg.fsdp:
+        checkpointing.load_full_state(model, optimizer, {n: ck["trainable"][n] for n in params}, ck["optimizer"])
+    else:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(ck["trainable"][name])
+        optimizer.load_state_dict(ck["optimizer"])
     checkpointing.restore_rng(ck["rng"][info.rank])
     state.update({k: saved[k] for k in state})
     # A resume is a deliberate restart: the consecutive-skip budget starts afresh (the total stays counted).
@@ -229,6 +235,12 @@ def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], 
     window = plan[start:start + run.micro_per_step]
     mine = window[run.info.rank::run.info.world_size]
     batches = [collate([run.train_rows[i] for i in mb], share_prefix=run.cfg.share_prefix) for mb in mine]
+    if run.fsdp is not None:
+        # Every FSDP forward and backward gathers weights with collectives, so all processes must run as
+        # many micro-batches as rank 0 (the deal gives it the most, in a short final window too). The
+        # others pad with a zero-weight copy of the window's first micro-batch.
+        filler = collate([run.train_rows[i] for i in window[0]], share_prefix=run.cfg.share_prefix) | {"filler": True}
+        batches += [filler] * (len(window[0::run.info.world_size]) - len(batches))
     return batches, [rid for mb in window for rid in (run.train_rows[i].row_id for i in mb)]
 
 
@@ -244,20 +256,30 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
     and tokens including padding ("padded").
     The one host sync per step is here, after all micro-batches: the loss and norm are needed to decide
     whether the update is safe to apply.
+    Under --fsdp, FSDP2 reduce-scatters the gradients in the last micro-batch's backward (a sum, see
+    modeling.shard_model), each process keeps its shard, and clip_grad_norm_ takes the norm over the
+    sharded DTensor gradients of all processes.
     """
     info, lm, params = run.info, causal_lm(run.model), list(run.params.values())
+    fsdp = getattr(run, "fsdp", None)  # train/bench.py drives this function with a run of its own, without it
     # Normalise by the supervised tokens of the whole window on all processes, known before any
     # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
+    counted = [b for b in batches if not b.get("filler")]
     counts = dict(zip(TOKEN_COUNTS, (int(x) for x in distributed.all_reduce_sum(
-        info, [sum(b[key] for b in batches) for key in TOKEN_COUNTS.values()], run.device))))
+        info, [sum(b[key] for b in counted) for key in TOKEN_COUNTS.values()], run.device))))
     n_label = counts["label"]
     loss_sum = torch.zeros((), device=run.device)
-    for b in batches:
+    for i, b in enumerate(batches):
+        if fsdp is not None:
+            # Accumulate unsharded gradients locally and reduce-scatter once, in the last backward.
+            fsdp.set_requires_gradient_sync(i == len(batches) - 1)
         b = to_device(b, run.device)
         with autocast(run), torch.profiler.record_function("forward"):
             micro_loss = labels_only_loss_sum(lm, b, run.cfg.loss_chunk_size)
         if poison:  # --debug-nan-steps: exercise the guard below without touching the model
             micro_loss = micro_loss * float("nan")
+        if b.get("filler"):
+            micro_loss = micro_loss * 0.0  # joins FSDP's collectives; adds exact zeros to the gradients
         with torch.profiler.record_function("backward"):
             (micro_loss / max(n_label, 1)).backward()
         loss_sum += micro_loss.detach()
@@ -265,7 +287,8 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
     for p in params:  # a process with no micro-batch in a short final window still joins the all-reduce
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    distributed.all_reduce_grads(info, params)
+    if fsdp is None:
+        distributed.all_reduce_grads(info, params)
     loss = distributed.all_reduce_sum(info, [loss_sum.item()], run.device)[0] / max(n_label, 1)
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
@@ -315,9 +338,11 @@ def fit(run) -> None:
             reason = "no supervised tokens in the window" if n_label == 0 else f"loss={loss} grad_norm={grad_norm}"
             log.warn(f"step {step}: non-finite update skipped ({reason}); rows {', '.join(window_ids[:8])}"
                      f"{' ...' if len(window_ids) > 8 else ''}")
+            # Under FSDP the gather of the whole adapter is a collective: every process takes part.
+            adapter = checkpointing.gather_full_trainable(model) if run.fsdp is not None and n_label > 0 else run.params
             if info.is_main and n_label > 0:
                 bundle = forensics.save_bundle(Path(cfg.output_dir) / "forensics", step, batches, rng_at_start,
-                                               run.params, cfg, window_ids)
+                                               adapter, cfg, window_ids)
                 log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.main "
                          f"--replay {bundle})")
         optimizer.zero_grad(set_to_none=True)
@@ -388,11 +413,17 @@ def evaluate(run) -> float:
     was_training = run.model.training
     run.model.eval()
     loss_sum, n_label = torch.zeros((), device=run.device), 0
-    for mb in batches[info.rank::info.world_size]:
-        b = collate([rows[i] for i in mb], share_prefix=cfg.share_prefix)
-        n_label += b["n_label_tokens"]
+    mine = batches[info.rank::info.world_size]
+    # Under FSDP every process runs as many forward passes as rank 0 (collectives in each); extra ones
+    # repeat the first batch and are not counted.
+    n_forward = len(batches[0::info.world_size]) if run.fsdp is not None else len(mine)
+    for k in range(n_forward):
+        b = collate([rows[i] for i in (mine[k] if k < len(mine) else batches[0])], share_prefix=cfg.share_prefix)
         with autocast(run):
-            loss_sum += labels_only_loss_sum(causal_lm(run.model), to_device(b, run.device), cfg.loss_chunk_size)
+            micro_loss = labels_only_loss_sum(causal_lm(run.model), to_device(b, run.device), cfg.loss_chunk_size)
+        if k < len(mine):
+            n_label += b["n_label_tokens"]
+            loss_sum += micro_loss
     total, count = distributed.all_reduce_sum(info, [loss_sum.item(), n_label], run.device)
     run.model.train(was_training)
     return total / max(count, 1)
@@ -405,11 +436,17 @@ def save_checkpoint(run) -> Path | None:
     rng = json.dumps(checkpointing.capture_rng())
     rng_all = [json.loads(s) for s in distributed.gather_json(run.info, rng, run.device)]
     path = None
+    if run.fsdp is not None:
+        # Collectives: every process helps gather whole tensors; only the main process receives them.
+        trainable = checkpointing.gather_full_trainable(run.model)
+        optimizer_state = checkpointing.gather_full_optimizer(run.model, run.optimizer)
+    else:
+        trainable, optimizer_state = run.params, (run.optimizer.state_dict() if run.info.is_main else None)
     if run.info.is_main:
         loop_state = dict(run.state) | {"fingerprint": fingerprint(run.cfg, run.info)}
         path = checkpointing.save_checkpoint(Path(run.cfg.output_dir) / "checkpoints", run.state["step"],
-                                             trainable=run.params, optimizer=run.optimizer, loop_state=loop_state,
-                                             rng_per_rank=rng_all, keep=run.cfg.keep_checkpoints)
+                                             trainable=trainable, optimizer_state=optimizer_state,
+                                             loop_state=loop_state, rng_per_rank=rng_all, keep=run.cfg.keep_checkpoints)
         run.log.info(f"checkpoint written: {path}")
     distributed.barrier(run.info)
     return path
@@ -448,9 +485,11 @@ def finish(run) -> None:
     log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state['eval_loss_before']:.4f})")
     log.metrics({"kind": "eval", "step": run.state["step"], "eval_loss": eval_loss})
     save_checkpoint(run)
+    # Under FSDP each process holds a shard: gather the whole adapter (a collective) for peft to write.
+    adapter = {"state_dict": checkpointing.gather_full_trainable(run.model)} if run.fsdp is not None else {}
     if run.info.is_main:
         out = Path(cfg.output_dir)
-        run.model.save_pretrained(out)  # adapter_model.safetensors + adapter_config.json, loadable with peft
+        run.model.save_pretrained(out, **adapter)  # adapter_model.safetensors + adapter_config.json, loadable with peft
         run.tokenizer.save_pretrained(out)
         template = Path(cfg.chat_template_path) if cfg.phase == "sft" else Path(cfg.model_path) / "chat_template.jinja"
         if template.is_file():

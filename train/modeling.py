@@ -19,13 +19,17 @@ def lora_target_regex(targets: str) -> str:
     return LORA_TARGET_REGEX.split("(?:self_attn")[0] + f"(?:{'|'.join(parts)})$"
 
 
-def build_model(cfg, device: torch.device, log):
+def build_model(cfg, device: torch.device, log, mesh=None):
+    """The LoRA model on `device`; with a DeviceMesh (--fsdp) it comes back sharded over the mesh."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     # Frozen base weights stay bf16 under bf16 autocast (half the memory, no per-step casts);
     # fp32 is the reference-precision mode.
     base_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    model = load_text_model(cfg.model_path, dtype=base_dtype, device=device)
+    # Under FSDP the whole model is read into host memory first and fully_shard moves only this process's
+    # shards to the device, layer by layer: the point of --fsdp is a model that does not fit one device.
+    load_device = torch.device("cpu") if mesh is not None else device
+    model = load_text_model(cfg.model_path, dtype=base_dtype, device=load_device)
     if cfg.base_adapter:
         # SFT on top of DAPT: fold the DAPT adapter into the base weights, then train a fresh adapter.
         log(f"merging base adapter {cfg.base_adapter} into the base weights")
@@ -46,7 +50,50 @@ def build_model(cfg, device: torch.device, log):
     if cfg.compile:
         for layer in model.base_model.model.model.layers:
             layer.compile()
+    if mesh is not None:
+        shard_model(model, mesh, device)
     return model
+
+
+def shard_model(model, mesh, device: torch.device):
+    """FSDP2 over `mesh`: one shard group per decoder layer, then the decoder as the root group.
+
+    The root is the decoder (Ministral3Model), not the PeftModel or the CausalLM around it, because that is
+    the outermost module whose forward runs: train/loss.py calls the decoder directly and reads
+    lm_head.weight for its chunked cross-entropy. FSDP2 gathers a group's weights in its module's forward
+    pre-hook, so a head wrapped on its own would never be gathered. lm_head therefore stays whole on every
+    process (frozen: no gradient to reduce; vocab x hidden, 1 GiB in bf16 at 8B size).
+
+    No MixedPrecisionPolicy: FSDP2 all-gathers each parameter in its own dtype, so the base stays bf16 and
+    the adapters fp32 under the same autocast as without FSDP, and the only gradients (the adapters') are
+    reduced in fp32.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    lm = causal_lm(model)
+    for layer in lm.model.layers:
+        fully_shard(layer, mesh=mesh)
+    # With tied embeddings lm_head.weight *is* embed_tokens.weight, inside the root: it must stay whole for
+    # the same reason. (Untied, it is outside the decoder and this is a no-op.)
+    fully_shard(lm.model, mesh=mesh, ignored_params={lm.lm_head.weight})
+    lm.lm_head.to(device)
+    for m in lm.model.modules():
+        if isinstance(m, FSDPModule):
+            # The loop divides the loss by the global supervised-token count, so the gradient is the *sum*
+            # over processes (as in distributed.all_reduce_grads), not FSDP's default mean. A custom divide
+            # factor alone would make FSDP2 reduce with PREMUL_SUM, which gloo (CPU) rejects; forcing
+            # SUM-only collectives gives a plain SUM, and a factor of 1 adds no scaling step.
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    return lm.model
+
+
+def fsdp_root(model):
+    """The module fully_shard made the root (set_requires_gradient_sync goes there), or None."""
+    from torch.distributed.fsdp import FSDPModule
+
+    root = causal_lm(model).model
+    return root if isinstance(root, FSDPModule) else None
 
 
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
