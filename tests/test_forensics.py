@@ -13,14 +13,14 @@ def test_replay_names_the_module_with_the_planted_nan(tiny_text_model_dir, tmp_p
     cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32").resolve()
     model = build_model(cfg, torch.device("cpu"), lambda _: None)
     params = trainable_parameters(model)
-    target = "base_model.model.model.layers.2.mlp.up_proj.lora_A.default.weight"
+    target = "base_model.model.model.layers.1.mlp.up_proj.lora_A.default.weight"
     with torch.no_grad():
         params[target][3, 5] = float("nan")
     batch = collate([Row("r0", list(range(1000, 1040)), list(range(1000, 1040)))])
     bundle = forensics.save_bundle(tmp_path / "forensics", 7, [batch], checkpointing.capture_rng(), params, cfg, ["r0"])
     result = forensics.replay(bundle)
     assert result["step"] == 7 and result["first_non_finite"] == "module"
-    assert result["module"] == "base_model.model.model.layers.2.mlp.up_proj.lora_A.default"
+    assert result["module"] == "base_model.model.model.layers.1.mlp.up_proj.lora_A.default"
 
 
 def test_replay_of_a_clean_bundle_says_so(tiny_text_model_dir, tmp_path):
