@@ -129,7 +129,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     model.train()
     params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
-    run = SimpleNamespace(cfg=cfg, info=distributed.DistInfo(), device=device, model=model, params=params)
+    run = SimpleNamespace(cfg=cfg, info=distributed.DistInfo(), device=device, model=model, params=params, fsdp=None)
 
     # The loop's own epoch plan: with --group-by-length (the SFT recipe's default) rows of similar length
     # share a micro-batch; without it, the fixture's order as a sequential sampler would give it.

@@ -261,7 +261,7 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
     sharded DTensor gradients of all processes.
     """
     info, lm, params = run.info, causal_lm(run.model), list(run.params.values())
-    fsdp = getattr(run, "fsdp", None)  # train/bench.py drives this function with a run of its own, without it
+    fsdp = run.fsdp
     # Normalise by the supervised tokens of the whole window on all processes, known before any
     # forward pass: each micro-batch's summed loss / global count adds up to the global token mean.
     counted = [b for b in batches if not b.get("filler")]
