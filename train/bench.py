@@ -95,10 +95,10 @@ def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
 
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
-          device: torch.device, group_by_length: bool = True) -> dict:
+          device: torch.device, group_by_length: bool = True, compile: bool = False) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from train.modeling import lora_target_regex
+    from train.modeling import compile_layers, lora_target_regex
     p = PRESETS[preset]
     steps = steps or p["steps"]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -126,6 +126,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
             prm.data = prm.data.float()
     if gradient_checkpointing:
         model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compile:
+        compile_layers(model)
     model.train()
     params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
@@ -170,7 +172,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]
     result = {
         "preset": preset, "data": data, "device": str(device), "precision": precision,
-        "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing,
+        "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing, "compile": compile,
         "group_by_length": group_by_length,
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: bf16 on GPU or on a CPU with native bf16, else fp32")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers, as the loop's --compile")
     ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                     help="micro-batches in fixture order (as TRL's default sampler) instead of length-grouped")
     ap.add_argument("--device", default="auto")
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {}
     if a.trl_python:
         report["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
-    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device, a.group_by_length)
+    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device, a.group_by_length,
+                          a.compile)
     if "trl" in report:
         ours, trl = report["ours"], report["trl"]
         report["comparison"] = {

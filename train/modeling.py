@@ -48,11 +48,22 @@ def build_model(cfg, device: torch.device, log, mesh=None):
         model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.base_model.model.config.use_cache = False
     if cfg.compile:
-        for layer in model.base_model.model.model.layers:
-            layer.compile()
+        compile_layers(model)
     if mesh is not None:
         shard_model(model, mesh, device)
     return model
+
+
+def compile_layers(model) -> None:
+    # Per decoder layer rather than the whole model: the layers share graphs (same code, parameters are
+    # graph inputs), compile time stays flat in depth, and the labels-only loss outside stays eager.
+    # dynamic=True: rows vary in length, and specialising on the first length only to recompile on the
+    # second costs minutes on a CPU. The limit counts graphs per call signature, not per layer (layer 0's
+    # input needs no grad and the others' does; train, eval and the shared-prefix calls differ too), and
+    # past it dynamo quietly runs everything eager: measured, the 8-layer bench hit the default 8.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for layer in model.base_model.model.model.layers:
+        layer.compile(dynamic=True)
 
 
 def shard_model(model, mesh, device: torch.device):
