@@ -40,11 +40,10 @@ REAL_ROPE_PARAMETERS = {
     "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1,
 }
 
-# Small enough to train in minutes on 2 cores, and shaped so LoRA on *random* weights learns the THINK
-# format quickly. Measured on the shipped data (greedy contract pass rate, same steps and lr): a deeper
-# random stack is harder to steer (8 layers trained worse than 4, 2 better than 4: every frozen random
-# layer adds noise the adapters must cancel), and 8 narrow heads beat 4 wide ones at the same FLOPs
-# (more attention patterns to track where the [THINK] span ends). See docs/recipe.md.
+# Small enough to train in minutes on 2 cores. The shape comes from single runs on the shipped data (same
+# steps and lr): 2 layers trained better than 4 and 8 worse, and 8 narrow heads better than 4 wide at the same
+# FLOPs. The greedy contract pass rate swings with the random draw far more than between these shapes, so
+# read that as a weak preference (docs/recipe.md, "The tiny preset").
 TINY_TEXT = dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
                  head_dim=32, intermediate_size=768, vocab_size=4096)
 # Weight init std. With transformers' usual 0.02 the frozen random lm_head rows are so short that even a
