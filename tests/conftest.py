@@ -37,8 +37,8 @@ def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
 
     from train.config import TrainConfig
     from train.modeling import build_model
-    cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", lora_dropout=0.0, **overrides).resolve()
-    torch.manual_seed(seed)  # LoRA A is initialised from the global RNG: same seed, same model
+    cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", lora_dropout=0.0, seed=seed,
+                      **overrides).resolve()
     model = build_model(cfg, torch.device("cpu"), lambda _: None)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

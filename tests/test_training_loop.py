@@ -155,6 +155,21 @@ def test_saved_adapter_reproduces_trained_logits(full_run, tiny_text_model_dir):
         assert not torch.allclose(reloaded(input_ids=ids).logits, plain(ids).logits, atol=1e-3), "adapter had no effect"
 
 
+def test_adapter_init_depends_on_the_seed_not_on_the_base_adapter(full_run, tiny_text_model_dir):
+    """Merging a base adapter (SFT on top of DAPT) draws from the global RNG; the fresh adapter must not
+    start from another random draw because of it, or the same --seed would train a different run."""
+    def lora_a(seed: int, base_adapter: str | None) -> dict[str, torch.Tensor]:
+        cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", seed=seed,
+                          base_adapter=base_adapter).resolve()
+        model = build_model(cfg, torch.device("cpu"), lambda _: None)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    alone, on_dapt, other_seed = lora_a(5, None), lora_a(5, str(full_run)), lora_a(6, None)
+    assert alone.keys() == on_dapt.keys() and alone
+    assert all(torch.equal(alone[n], on_dapt[n]) for n in alone)
+    assert not any(torch.equal(alone[n], other_seed[n]) for n in alone)
+
+
 def test_accumulation_is_token_weighted_over_the_window(tiny_text_model_dir):
     """k micro-batches with unequal supervised-token counts give the gradients of one batch of all rows."""
     model = lora_model(tiny_text_model_dir, phase="dapt")

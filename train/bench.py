@@ -96,9 +96,7 @@ def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
           device: torch.device, group_by_length: bool = True, compile: bool = False) -> dict:
-    from peft import LoraConfig, get_peft_model
-
-    from train.modeling import compile_layers, lora_target_regex
+    from train.modeling import attach_lora
     p = PRESETS[preset]
     steps = steps or p["steps"]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -116,18 +114,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         data = "synthetic"
     cfg = TrainConfig(phase="sft", precision=precision, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                       max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
-                      gradient_checkpointing=gradient_checkpointing).resolve()
-    for prm in base.parameters():
-        prm.requires_grad_(False)
-    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
-                                            target_modules=lora_target_regex(cfg.lora_targets)))
-    for prm in model.parameters():
-        if prm.requires_grad:
-            prm.data = prm.data.float()
-    if gradient_checkpointing:
-        model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if compile:
-        compile_layers(model)
+                      gradient_checkpointing=gradient_checkpointing, compile=compile).resolve()
+    model = attach_lora(base, cfg)
     model.train()
     params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
