@@ -7,59 +7,94 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from train.batching import IGNORE_INDEX
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+class LinearCrossEntropySum(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), the LM head run `chunk_size` rows at a time.
+
+    The gradient with respect to `hidden` is computed in the forward pass, chunk by chunk, while each
+    chunk's logits exist anyway: d(CE)/d(logits) = softmax - onehot, times the head weight. Backward then
+    only scales that stored (positions x hidden) tensor. Compared with checkpointing each chunk through
+    autograd, the LM head matmul runs twice per chunk instead of three times, and log_softmax's backward
+    never runs. The head weight is frozen (LoRA never adapts it), so no gradient is computed for it.
+    Under autocast the logits come from autocast's matmul dtype, as F.linear would give them; the softmax
+    and the loss are fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+        if weight.requires_grad:
+            raise RuntimeError("LinearCrossEntropySum: the LM head weight requires grad, but this loss computes "
+                               "no gradient for it (the recipe trains LoRA adapters only)")
+        want_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+            mm_logits = F.linear(h, weight)
+            logits = mm_logits.float()
+            target_logit = logits.gather(1, t[:, None]).squeeze(1)
+            # One pass of exp over the chunk serves both the loss (log-sum-exp) and its gradient (softmax);
+            # in place, because the fp32 logits are not needed again.
+            row_max = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(row_max).exp_()
+            sum_exp = exp.sum(dim=-1)
+            total += (row_max.squeeze(1) + sum_exp.log() - target_logit).sum()
+            if want_grad:
+                probs = exp.div_(sum_exp[:, None])
+                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                # The same dtype path as autograd through F.linear would take: the gradient of the logits in
+                # the matmul's dtype, times the weight.
+                grad_hidden[start:start + chunk_size] = probs.to(mm_logits.dtype) @ weight.to(mm_logits.dtype)
+        ctx.save_for_backward(grad_hidden)
+        ctx.hidden_dtype = hidden.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None
 
 
 def trunk_hidden_states(model, batch: dict) -> torch.Tensor:
     """Final-norm hidden states of positions shared_prefix .. seq-1 (all positions when it is 0).
+
+    No attention mask goes to the model: collate() pads on the right, and under a causal mask a real token
+    never attends to a later position, so the padding changes nothing at the positions that carry labels.
+    Without a mask SDPA takes its causal kernel, which skips the upper triangle instead of masking it.
 
     With a shared prefix the common tokens run once, as a batch of one, into a key/value cache; the cache
     is repeated for every row and the rows' remaining tokens attend to it. The repeat and the cache's
     concatenation are ordinary autograd ops, so gradients from every row flow back into the one prefix
     pass: the same loss and gradients as running each row whole, for (rows - 1) x prefix fewer tokens.
     """
-    ids, mask, prefix = batch["input_ids"], batch["attention_mask"], batch.get("shared_prefix", 0)
+    ids, prefix = batch["input_ids"], batch.get("shared_prefix", 0)
     if prefix == 0:
-        return model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return model(input_ids=ids, use_cache=False).last_hidden_state
     cache = DynamicCache(config=model.config)
     model(input_ids=ids[:1, :prefix], cache=cache, use_cache=True)
     cache.batch_repeat_interleave(ids.shape[0])
-    return model(input_ids=ids[:, prefix:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+    return model(input_ids=ids[:, prefix:], cache=cache, use_cache=True).last_hidden_state
 
 
 def labels_only_loss_sum(causal_lm, batch: dict, chunk_size: int) -> torch.Tensor:
     """Sum of CE over supervised positions only, LM head run in chunks of `chunk_size` positions.
 
-    Each chunk is checkpointed: its logits exist only while that chunk is computed (forward and again in
-    backward), so peak memory is chunk_size x vocab in fp32 instead of batch x seq x vocab. For 2 x 2048
-    positions and a 131072 vocabulary that is 0.5 GiB instead of 2 GiB of fp32 logits (plus their grads).
+    Peak memory of the head is one chunk of logits (chunk_size x vocab, in fp32 and the matmul dtype)
+    instead of batch x seq x vocab: for 2 x 2048 positions and a 131072 vocabulary, 0.75 GiB for a chunk of
+    1024 instead of 2 GiB of fp32 logits plus their gradient.
     """
     trunk = trunk_hidden_states(causal_lm.model, batch)
     hidden = trunk[:, :-1].reshape(-1, trunk.shape[-1])
     hidden = hidden.index_select(0, batch["label_positions"])
-    targets = batch["targets"]
-    weight = causal_lm.lm_head.weight
-    n = batch["n_label_tokens"]  # a host int: the chunk loop never syncs with the device
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, n, chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce_sum, h, weight, t, use_reentrant=False)
-        else:
-            total = total + _chunk_ce_sum(h, weight, t)
-    return total
+    return LinearCrossEntropySum.apply(hidden, causal_lm.lm_head.weight, batch["targets"], chunk_size)
 
 
 def full_logits_loss_sum(causal_lm, batch: dict) -> torch.Tensor:
-    """The plain path (whole logits tensor); kept as the reference the lean path is tested against."""
+    """The plain path (whole logits tensor, padding mask given); the reference the lean path is tested against."""
     logits = causal_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
