@@ -36,6 +36,17 @@ def load_trained_model(run_dir: Path, args: dict, device: torch.device):
     return PeftModel.from_pretrained(model, str(run_dir)).to(device).eval()
 
 
+def spread_sample(rows: list, limit: int) -> list:
+    """`limit` rows spread evenly over the file, in file order (all of them when there are fewer).
+
+    The data step writes each split grouped by source, so the first `limit` rows would test the first
+    tables only; an even spread keeps every source in proportion, and stays deterministic.
+    """
+    if len(rows) <= limit:
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
 def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
                        device: torch.device) -> list[list[int]]:
     """Greedy continuations, left-padded batches; each result is cut after its first </s>."""
@@ -105,8 +116,8 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
         report["passed"] = all(c["passed"] for c in checks)
         return report
 
-    # Prompts: every validation conversation up to its first assistant turn, rendered with the run's template.
-    rows = read_jsonl(Path(sft_dir or args["sft_dir"]) / "validation.jsonl")[:limit]
+    # Prompts: validation conversations up to their first assistant turn, rendered with the run's template.
+    rows = spread_sample(read_jsonl(Path(sft_dir or args["sft_dir"]) / "validation.jsonl"), limit)
     expected_system = system_prompt_for(args["model_path"])
     default_system = read_model_system_prompt(args["model_path"])
     prompts, prompt_failures = [], []
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True, help="output folder of a training run")
     ap.add_argument("--sft-dir", default=None, help="SFT data folder (default: the one the run trained on)")
-    ap.add_argument("--limit", type=int, default=64, help="validation prompts to generate for")
+    ap.add_argument("--limit", type=int, default=64, help="validation prompts to generate for, spread evenly over the split")
     ap.add_argument("--threshold", type=float, default=0.9, help="minimum share of contract-valid generations")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--device", default="auto")
