@@ -110,13 +110,15 @@ def test_flow_end_to_end_reduced(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # templates/ and data/raw are found relative to the project, as with ./run.sh
     rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(tmp_path / "models"),
                     "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
-                    "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0"])
+                    "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7"])
     assert rc == 0
     sft = tmp_path / "models" / "fine-tuned-sft"
     report = json.loads((sft / "post_training_report.json").read_text())
     assert report["passed"] and "contract_pass_rate" in report
     args = json.loads((sft / "training_args.json").read_text())
     assert args["lineage"]["base_adapter"].endswith("fine-tuned-dapt")
+    dapt_args = json.loads((tmp_path / "models" / "fine-tuned-dapt" / "training_args.json").read_text())
+    assert args["seed"] == dapt_args["seed"] == 7  # --seed reaches both phases
     summary = json.loads((sft / "flow_summary.json").read_text())
     assert summary["tiny"] is True and set(summary["stage_seconds"]) == {"model", "data", "dapt", "sft", "check"}
     assert (tmp_path / "processed" / "validation_report.json").is_file()

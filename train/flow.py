@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-threshold", type=float, default=0.9, help="minimum reasoning-contract pass rate")
     ap.add_argument("--dapt-steps", type=int, default=None, help="override the preset's DAPT --max-steps")
     ap.add_argument("--sft-steps", type=int, default=None, help="override the preset's SFT --max-steps")
+    ap.add_argument("--seed", type=int, default=None, help="--seed for DAPT and SFT (default: the config's, 42)")
     a = ap.parse_args(argv)
 
     from data.build import main as data_main
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[flow] this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32, which is faster here")
     dapt_out, sft_out = Path(a.models_dir) / "fine-tuned-dapt", Path(a.models_dir) / "fine-tuned-sft"
     dapt_dir, sft_dir = Path(a.data_dir) / "dapt", Path(a.data_dir) / "sft"
-    common = ["--model-path", str(model), "--precision", precision, "--use-lora"] + (TINY_COMMON if tiny else [])
+    common = (["--model-path", str(model), "--precision", precision, "--use-lora"] + (TINY_COMMON if tiny else [])
+              + (["--seed", str(a.seed)] if a.seed is not None else []))
 
     stages = [
         ("data", data_main, ["--raw-dir", a.raw_dir, "--out-dir", a.data_dir, "--model-path", str(model)]
