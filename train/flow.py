@@ -23,8 +23,8 @@ TINY_MODEL = Path("models/tiny-ministral3")
 # The tiny preset: the recipe's structure (LoRA, assistant-only strict loss, packing on/off) with sizes
 # and step counts for a 5M-parameter random-weight model on a 2-core CPU, sized so the whole flow takes
 # under 10 minutes. LoRA r64 (a quarter of the hidden size) and a 150x higher lr than the 8B recipe: a
-# random model has everything to learn and 900 steps to do it in; r64 steps are ~25% cheaper than
-# full-rank r256 and trained the format as well (docs/recipe.md, "The tiny preset").
+# random model has everything to learn and 900 steps to do it in; an r64 step is ~25% cheaper than a
+# full-rank r256 one at 3 layers, which is what makes 900 steps fit (docs/recipe.md, "The tiny preset").
 TINY_COMMON = ["--max-length", "1024", "--micro-batch-size", "16", "--grad-accum", "1", "--lora-r", "64",
                "--lora-alpha", "64", "--lora-dropout", "0.0", "--warmup-ratio", "0.05", "--eval-max-batches", "8",
                "--log-interval", "5"]
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-threshold", type=float, default=0.9, help="minimum reasoning-contract pass rate")
     ap.add_argument("--dapt-steps", type=int, default=None, help="override the preset's DAPT --max-steps")
     ap.add_argument("--sft-steps", type=int, default=None, help="override the preset's SFT --max-steps")
-    ap.add_argument("--seed", type=int, default=None, help="--seed for DAPT and SFT (default: the config's, 42)")
+    ap.add_argument("--seed", type=int, default=None, help="--seed for DAPT and SFT (default: train.main's --seed)")
     a = ap.parse_args(argv)
 
     from data.build import main as data_main

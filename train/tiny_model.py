@@ -43,8 +43,8 @@ REAL_ROPE_PARAMETERS = {
 # Small enough to train in minutes on 2 cores. Depth is what the format needs: the model must know whether
 # it already wrote this turn's [/THINK] (the system prompt holds a literal [THINK]..[/THINK] too), and at 2
 # layers it mostly guessed from how the last sentence read. 3 layers of 4 heads x 64 with LoRA r64 passed the
-# contract in 3 of 8 seeds and averaged 75%; every 2-layer shape tried stayed below 60% on average
-# (docs/recipe.md, "The tiny preset", has the seed table).
+# contract in 3 of 8 seeds and averaged 75%; no 2-layer run out of 12 reached 90% (docs/recipe.md,
+# "The tiny preset", has the seed table).
 TINY_TEXT = dict(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=64, intermediate_size=768, vocab_size=4096)
 # Weight init std. With transformers' usual 0.02 the frozen random lm_head rows are so short that even a
