@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.lora_dropout import LANES, LaneMaskDropout, drop_threshold, lanes_fit
+from train.lora_dropout import LANES, LaneMaskDropout, drop_threshold, lanes_fit, use_lane_mask_dropout
 
 N = 1 << 20  # one million elements: the drop rate's standard error is ~2e-4 at p = 0.05
 
@@ -96,3 +96,7 @@ def test_attach_lora_installs_it_in_every_adapted_projection(tiny_text_model_dir
     assert len(drops) == 7 * layers and all(isinstance(d, LaneMaskDropout) and d.p == 0.05 for d in drops)
     # The dropout holds no state: the adapter's saved tensors are the same names as with stock peft.
     assert all("dropout" not in name for name in model.state_dict())
+    # The bench's --stock-dropout swaps back; swapping twice is a no-op.
+    assert use_lane_mask_dropout(model, enable=False) == 7 * layers
+    assert use_lane_mask_dropout(model, enable=False) == 0
+    assert all(type(m) is nn.Dropout and m.p == 0.05 for m in model.modules() if isinstance(m, (LaneMaskDropout, nn.Dropout)))

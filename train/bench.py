@@ -16,6 +16,7 @@ measured on the spot, and peak memory (CUDA max allocated, or peak RSS on CPU).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import resource
@@ -31,6 +32,7 @@ from train import distributed
 from train.batching import Row, collate, epoch_plan
 from train.config import TrainConfig
 from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
+from train.lora_dropout import use_lane_mask_dropout
 from train.main import forward_backward
 
 CPU_SHAPES = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
@@ -95,7 +97,8 @@ def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
 
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
-          device: torch.device, group_by_length: bool = True, compile: bool = False) -> dict:
+          device: torch.device, group_by_length: bool = True, compile: bool = False,
+          stock_dropout: bool = False) -> dict:
     from train.modeling import attach_lora
     p = PRESETS[preset]
     steps = steps or p["steps"]
@@ -116,6 +119,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
                       max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
                       gradient_checkpointing=gradient_checkpointing, compile=compile).resolve()
     model = attach_lora(base, cfg)
+    if stock_dropout:  # undo attach_lora's CPU dropout swap, to measure what it saves
+        use_lane_mask_dropout(model, enable=False)
     model.train()
     params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
@@ -161,6 +166,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     result = {
         "preset": preset, "data": data, "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing, "compile": compile,
+        "lora_dropout": "nn.Dropout" if stock_dropout else "LaneMaskDropout",
         "group_by_length": group_by_length,
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
@@ -183,6 +189,30 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     return result
 
 
+def print_run(run: dict, index: int, total: int) -> None:
+    o, tag = run["ours"], f"[bench] run {index}/{total}" if total > 1 else "[bench]"
+    print(f"{tag} {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads): "
+          f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
+          f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
+          f"peak memory {o['peak_memory_MiB']} MiB", flush=True)
+    if "trl" in run:
+        t = run["trl"]
+        print(f"{tag} TRL SFTTrainer: trained {t['assistant_tokens_per_s']} tok/s, all {t['tokens_per_s']} tok/s, "
+              f"peak RSS {t['peak_rss_MiB']} MiB -> ours/TRL: {run['comparison']}", flush=True)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """min / median / max over the runs of the figures the targets are about."""
+    import statistics
+    series = {"ours_trained_tokens_per_s": [r["ours"]["trained_tokens_per_s"] for r in runs],
+              "ours_mfu": [r["ours"]["mfu"] for r in runs]}
+    if "trl" in runs[0]:
+        series["trl_trained_tokens_per_s"] = [r["trl"]["assistant_tokens_per_s"] for r in runs]
+        series["trained_tokens_per_s_ratio"] = [r["comparison"]["trained_tokens_per_s_ratio"] for r in runs]
+        series["peak_rss_ratio"] = [r["comparison"]["peak_rss_ratio"] for r in runs]
+    return {k: {"min": min(v), "median": round(statistics.median(v), 4), "max": max(v)} for k, v in series.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -193,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers, as the loop's --compile")
+    ap.add_argument("--stock-dropout", action="store_true",
+                    help="peft's own nn.Dropout for the LoRA dropout instead of the loop's CPU LaneMaskDropout")
     ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                     help="micro-batches in fixture order (as TRL's default sampler) instead of length-grouped")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run (TRL, then ours) this many times and print min / median / max of the ratios")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -203,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: the 8b preset needs a GPU (16 GiB of bf16 weights and ~TFLOPs per step); "
               "use --preset cpu here", file=sys.stderr)
         return 2
+    if a.repeat < 1:
+        print(f"bench: --repeat must be >= 1, got {a.repeat}", file=sys.stderr)
+        return 2
     if a.trl_python and not a.fixture:
         print("bench: --trl-python needs --fixture (TRL trains on the fixture)", file=sys.stderr)
         return 2
@@ -210,27 +247,29 @@ def main(argv: list[str] | None = None) -> int:
     if precision == "auto":
         from train.flow import cpu_has_native_bf16
         precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
-    report = {}
-    if a.trl_python:
-        report["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
-    report["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device, a.group_by_length,
-                          a.compile)
-    if "trl" in report:
-        ours, trl = report["ours"], report["trl"]
-        report["comparison"] = {
-            "all_tokens_per_s_ratio": round(ours["all_tokens_per_s"] / trl["tokens_per_s"], 2),
-            "trained_tokens_per_s_ratio": round(ours["trained_tokens_per_s"] / trl["assistant_tokens_per_s"], 2),
-            "peak_rss_ratio": round(ours["peak_memory_MiB"] / trl["peak_rss_MiB"], 2),
-        }
-    o = report["ours"]
-    print(f"[bench] {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads): "
-          f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
-          f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
-          f"peak memory {o['peak_memory_MiB']} MiB")
-    if "trl" in report:
-        t = report["trl"]
-        print(f"[bench] TRL SFTTrainer: trained {t['assistant_tokens_per_s']} tok/s, all {t['tokens_per_s']} tok/s, "
-              f"peak RSS {t['peak_rss_MiB']} MiB -> ours/TRL: {report['comparison']}")
+    # One run of each side moves by +-15% on a shared VM (the matmul peak is measured anew for that reason),
+    # so --repeat alternates TRL and ours N times and summarises the spread instead of trusting one pair.
+    runs = []
+    for _ in range(a.repeat):
+        run = {}
+        if a.trl_python:
+            run["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
+        run["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device,
+                            a.group_by_length, a.compile, a.stock_dropout)
+        if "trl" in run:
+            ours, trl = run["ours"], run["trl"]
+            run["comparison"] = {
+                "all_tokens_per_s_ratio": round(ours["all_tokens_per_s"] / trl["tokens_per_s"], 2),
+                "trained_tokens_per_s_ratio": round(ours["trained_tokens_per_s"] / trl["assistant_tokens_per_s"], 2),
+                "peak_rss_ratio": round(ours["peak_memory_MiB"] / trl["peak_rss_MiB"], 2),
+            }
+        print_run(run, len(runs) + 1, a.repeat)
+        runs.append(run)
+        gc.collect()  # free this run's model before the next one loads: peak RSS is the process high-water mark
+    report = {"runs": runs, "summary": summarise(runs)}
+    if a.repeat > 1:
+        print(f"[bench] over {a.repeat} runs (min / median / max): " + "; ".join(
+            f"{k} {v['min']} / {v['median']} / {v['max']}" for k, v in report["summary"].items()))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=1))

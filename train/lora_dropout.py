@@ -82,15 +82,17 @@ class LaneMaskDropout(nn.Module):
         return f"p={self.p}" + (f", on CPU {drop_threshold(self.p)}/{LANES}" if lanes_fit(self.p) else "")
 
 
-def use_lane_mask_dropout(model) -> int:
-    """Replace every nn.Dropout that peft placed in a LoRA layer's lora_dropout; returns how many."""
+def use_lane_mask_dropout(model, enable: bool = True) -> int:
+    """Put LaneMaskDropout (or, with enable=False, torch's nn.Dropout back) in every LoRA layer's
+    lora_dropout; returns how many were replaced. The bench's --stock-dropout uses the reverse swap."""
+    old, new = (nn.Dropout, LaneMaskDropout) if enable else (LaneMaskDropout, nn.Dropout)
     replaced = 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
         if not isinstance(drops, nn.ModuleDict):
             continue
         for name, drop in list(drops.items()):
-            if isinstance(drop, nn.Dropout):
-                drops[name] = LaneMaskDropout(drop.p)
+            if type(drop) is old:
+                drops[name] = new(drop.p)
                 replaced += 1
     return replaced
