@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,4 +46,6 @@ def test_repeat_summarises_every_run(toy_preset, tmp_path, capsys):
     s = report["summary"]["ours_trained_tokens_per_s"]
     assert s["min"] == min(rates) and s["max"] == max(rates) and s["min"] <= s["median"] <= s["max"]
     assert "over 2 runs (min / median / max)" in capsys.readouterr().out
+    if Path("/proc/self/clear_refs").exists():  # Linux: each run's peak RSS counts from its own start
+        assert all(r["ours"]["peak_memory_kind"].startswith("peak RSS of this run") for r in report["runs"])
     assert bench.main(["--preset", "cpu", "--repeat", "0"]) == 2

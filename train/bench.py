@@ -96,10 +96,29 @@ def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) for this process, so a run measures only itself."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(reset_worked: bool) -> tuple[float, str]:
+    if reset_worked:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "peak RSS of this run (VmHWM, reset at its start)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS of the process so far (ru_maxrss)"
+
+
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
           device: torch.device, group_by_length: bool = True, compile: bool = False,
           stock_dropout: bool = False) -> dict:
     from train.modeling import attach_lora
+    # Under --repeat the runs share a process; the CPU peak must cover this run, model load included, only.
+    rss_reset = device.type == "cpu" and reset_peak_rss()
     p = PRESETS[preset]
     steps = steps or p["steps"]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -163,6 +182,10 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     peak = measure_matmul_peak(device, dtype)
     steady = sum(step_times[1:]) or wall
     steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]
+    if device.type == "cuda":
+        peak_mem, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    else:
+        peak_mem, peak_kind = peak_rss_mib(rss_reset)
     result = {
         "preset": preset, "data": data, "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing, "compile": compile,
@@ -180,9 +203,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         "model_flops_per_step_mean": step_flops / len(windows),
         "matmul_peak_flops": peak,
         "mfu": round(step_flops / wall / peak, 4),
-        "peak_memory_MiB": round(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (ru_maxrss)",
+        "peak_memory_MiB": round(peak_mem, 1),
+        "peak_memory_kind": peak_kind,
         "losses": losses,
         "versions": {"torch": torch.__version__},
     }
@@ -265,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         print_run(run, len(runs) + 1, a.repeat)
         runs.append(run)
-        gc.collect()  # free this run's model before the next one loads: peak RSS is the process high-water mark
+        gc.collect()  # free this run's model before the next one loads and its peak-RSS count starts
     report = {"runs": runs, "summary": summarise(runs)}
     if a.repeat > 1:
         print(f"[bench] over {a.repeat} runs (min / median / max): " + "; ".join(
