@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         print_run(run, len(runs) + 1, a.repeat)
         runs.append(run)
-        gc.collect()  # free this run's model before the next one loads and its peak-RSS count starts
+        # Free this run's model before the next loads. The process still keeps ~700 MiB between runs (torch,
+        # oneDNN and allocator state), so runs after the first read 100-350 MiB higher than a fresh process.
+        gc.collect()
     report = {"runs": runs, "summary": summarise(runs)}
     if a.repeat > 1:
         print(f"[bench] over {a.repeat} runs (min / median / max): " + "; ".join(
