@@ -100,3 +100,30 @@ def test_attach_lora_installs_it_in_every_adapted_projection(tiny_text_model_dir
     assert use_lane_mask_dropout(model, enable=False) == 7 * layers
     assert use_lane_mask_dropout(model, enable=False) == 0
     assert all(type(m) is nn.Dropout and m.p == 0.05 for m in model.modules() if isinstance(m, (LaneMaskDropout, nn.Dropout)))
+
+
+def test_activation_checkpointing_recomputes_the_same_masks(tiny_text_model_dir):
+    # Checkpointing reruns each layer's forward in backward; the masks must come out the same both times,
+    # or the gradients would belong to other masks than the loss.
+    from train.batching import Row, collate
+    from train.config import TrainConfig
+    from train.loss import labels_only_loss_sum
+    from train.modeling import build_model, causal_lm
+    batch = collate([Row("a", list(range(1000, 1040)), [-100] * 10 + list(range(1010, 1040)))])
+    grads = {}
+    for ckpt in (False, True):
+        cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.1,
+                          gradient_checkpointing=ckpt).resolve()
+        model = build_model(cfg, torch.device("cpu"), lambda _: None)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        model.train()
+        torch.manual_seed(7)
+        labels_only_loss_sum(causal_lm(model), batch, 16).backward()
+        grads[ckpt] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[False].keys() == grads[True].keys() and grads[True]
+    for n in grads[False]:
+        assert torch.allclose(grads[False][n], grads[True][n], rtol=1e-5, atol=1e-7), n
