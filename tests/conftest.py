@@ -31,14 +31,14 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
-    """A fp32, dropout-free LoRA model whose B matrices are non-zero, so every adapter tensor gets a
+    """A fp32 LoRA model (dropout-free unless lora_dropout is overridden) whose B matrices are non-zero, so every adapter tensor gets a
     gradient (peft initialises B to zero, which would leave A's gradient identically zero)."""
     import torch
 
     from train.config import TrainConfig
     from train.modeling import build_model
-    cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", lora_dropout=0.0, seed=seed,
-                      **overrides).resolve()
+    overrides.setdefault("lora_dropout", 0.0)
+    cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", seed=seed, **overrides).resolve()
     model = build_model(cfg, torch.device("cpu"), lambda _: None)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

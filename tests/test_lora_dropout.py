@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import lora_model
 from train.lora_dropout import LANES, LaneMaskDropout, drop_threshold, lanes_fit, use_lane_mask_dropout
 
 N = 1 << 20  # one million elements: the drop rate's standard error is ~2e-4 at p = 0.05
@@ -87,10 +88,7 @@ def test_small_p_falls_back_to_torch_dropout_and_bad_p_is_refused():
 
 
 def test_attach_lora_installs_it_in_every_adapted_projection(tiny_text_model_dir):
-    from train.config import TrainConfig
-    from train.modeling import build_model
-    cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.05).resolve()
-    model = build_model(cfg, torch.device("cpu"), lambda _: None)
+    model = lora_model(tiny_text_model_dir, lora_dropout=0.05)
     drops = [m for m in model.modules() if isinstance(m, (LaneMaskDropout, nn.Dropout))]
     layers = len(model.base_model.model.model.layers)
     assert len(drops) == 7 * layers and all(isinstance(d, LaneMaskDropout) and d.p == 0.05 for d in drops)
@@ -106,20 +104,12 @@ def test_activation_checkpointing_recomputes_the_same_masks(tiny_text_model_dir)
     # Checkpointing reruns each layer's forward in backward; the masks must come out the same both times,
     # or the gradients would belong to other masks than the loss.
     from train.batching import Row, collate
-    from train.config import TrainConfig
     from train.loss import labels_only_loss_sum
-    from train.modeling import build_model, causal_lm
+    from train.modeling import causal_lm
     batch = collate([Row("a", list(range(1000, 1040)), [-100] * 10 + list(range(1010, 1040)))])
     grads = {}
     for ckpt in (False, True):
-        cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32", lora_dropout=0.1,
-                          gradient_checkpointing=ckpt).resolve()
-        model = build_model(cfg, torch.device("cpu"), lambda _: None)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        model = lora_model(tiny_text_model_dir, lora_dropout=0.1, gradient_checkpointing=ckpt)
         model.train()
         torch.manual_seed(7)
         labels_only_loss_sum(causal_lm(model), batch, 16).backward()

@@ -20,6 +20,7 @@ import gc
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -225,7 +226,6 @@ def print_run(run: dict, index: int, total: int) -> None:
 
 def summarise(runs: list[dict]) -> dict:
     """min / median / max over the runs of the figures the targets are about."""
-    import statistics
     series = {"ours_trained_tokens_per_s": [r["ours"]["trained_tokens_per_s"] for r in runs],
               "ours_mfu": [r["ours"]["mfu"] for r in runs]}
     if "trl" in runs[0]:
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if precision == "auto":
         from train.flow import cpu_has_native_bf16
         precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
-    # One run of each side moves by +-15% on a shared VM (the matmul peak is measured anew for that reason),
-    # so --repeat alternates TRL and ours N times and summarises the spread instead of trusting one pair.
+    # One run of either side moves by +-15% on a shared VM, so --repeat alternates TRL and ours N times and
+    # summarises the spread instead of trusting one pair.
     runs = []
     for _ in range(a.repeat):
         run = {}

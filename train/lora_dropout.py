@@ -70,16 +70,17 @@ class LaneMaskDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"LaneMaskDropout: p must be in [0, 1), got {p}")
         self.p = p
+        self.lanes = lanes_fit(p)  # decided once: p does not change
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or not lanes_fit(self.p):
+        if x.device.type != "cpu" or not self.lanes:
             return F.dropout(x, self.p, training=True)
         return _LaneMaskDropout.apply(x, self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}" + (f", on CPU {drop_threshold(self.p)}/{LANES}" if lanes_fit(self.p) else "")
+        return f"p={self.p}" + (f", on CPU {drop_threshold(self.p)}/{LANES}" if self.lanes else "")
 
 
 def use_lane_mask_dropout(model, enable: bool = True) -> int:
