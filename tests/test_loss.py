@@ -1,6 +1,7 @@
 """Issue 7: the memory-lean loss (LM head on labelled positions only, in chunks) equals the plain one."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import lora_model
@@ -10,8 +11,9 @@ from train.loss import full_logits_loss_sum, labels_only_loss_sum
 from train.modeling import build_model, causal_lm
 
 
-def test_labels_only_loss_and_grads_equal_full_logits(tiny_text_model_dir):
-    model = lora_model(tiny_text_model_dir)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_labels_only_loss_and_grads_equal_full_logits(tiny_text_model_dir, attention):
+    model = lora_model(tiny_text_model_dir, attention=attention)
     lm = causal_lm(model)
     g = torch.Generator().manual_seed(1)
     rows = []
@@ -68,8 +70,9 @@ def test_shared_prefix_length_stops_where_rows_differ_or_labels_start():
     assert shared_prefix_length(_rows_with_common_prefix(SHARED_PREFIX_MIN_TOKENS - 1)) == 0
 
 
-def test_shared_prefix_loss_and_grads_equal_whole_rows(tiny_text_model_dir):
-    model = lora_model(tiny_text_model_dir)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_shared_prefix_loss_and_grads_equal_whole_rows(tiny_text_model_dir, attention):
+    model = lora_model(tiny_text_model_dir, attention=attention)
     lm = causal_lm(model)
     rows = _rows_with_common_prefix(40)
     shared, whole = collate(rows, share_prefix=True), collate(rows)

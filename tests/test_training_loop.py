@@ -142,7 +142,8 @@ def test_saved_adapter_reproduces_trained_logits(full_run, tiny_text_model_dir):
     base = load_text_model(tiny_text_model_dir, dtype=torch.float32)
     reloaded = PeftModel.from_pretrained(base, str(full_run)).eval()
     # The same adapter applied by our own model builder from the final checkpoint's tensors:
-    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32").resolve()
+    # sdpa as the plain transformers model uses; auto would pick eager on CPU, equal only to fp32 rounding.
+    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32", attention="sdpa").resolve()
     ours = build_model(cfg, torch.device("cpu"), lambda _: None).eval()
     ck = checkpointing.latest_valid_checkpoint(full_run / "checkpoints", print)
     with torch.no_grad():

@@ -116,8 +116,8 @@ def peak_rss_mib(reset_worked: bool) -> tuple[float, str]:
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
           device: torch.device, group_by_length: bool = True, compile: bool = False,
-          stock_dropout: bool = False) -> dict:
-    from train.modeling import attach_lora
+          stock_dropout: bool = False, attention: str = "auto") -> dict:
+    from train.modeling import attach_lora, set_attention
     # Under --repeat the runs share a process; the CPU peak must cover this run, model load included, only.
     rss_reset = device.type == "cpu" and reset_peak_rss()
     p = PRESETS[preset]
@@ -137,7 +137,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         data = "synthetic"
     cfg = TrainConfig(phase="sft", precision=precision, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                       max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
-                      gradient_checkpointing=gradient_checkpointing, compile=compile).resolve()
+                      gradient_checkpointing=gradient_checkpointing, compile=compile, attention=attention).resolve()
+    attention_why = set_attention(base, cfg, device)
     model = attach_lora(base, cfg)
     if stock_dropout:  # undo attach_lora's CPU dropout swap, to measure what it saves
         use_lane_mask_dropout(model, enable=False)
@@ -191,6 +192,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         "preset": preset, "data": data, "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing, "compile": compile,
         "lora_dropout": "nn.Dropout" if stock_dropout else "LaneMaskDropout",
+        "attention": base.config._attn_implementation, "attention_reason": attention_why,
         "group_by_length": group_by_length,
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
@@ -214,7 +216,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
 
 def print_run(run: dict, index: int, total: int) -> None:
     o, tag = run["ours"], f"[bench] run {index}/{total}" if total > 1 else "[bench]"
-    print(f"{tag} {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads): "
+    print(f"{tag} {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads, {o['attention']} attention): "
           f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
           f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
           f"peak memory {o['peak_memory_MiB']} MiB", flush=True)
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers, as the loop's --compile")
     ap.add_argument("--stock-dropout", action="store_true",
                     help="peft's own nn.Dropout for the LoRA dropout instead of the loop's CPU LaneMaskDropout")
+    ap.add_argument("--attention", choices=["auto", "sdpa", "eager"], default="auto",
+                    help="attention kernel, as the loop's --attention (auto: eager on CPU at these shapes)")
     ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                     help="micro-batches in fixture order (as TRL's default sampler) instead of length-grouped")
     ap.add_argument("--repeat", type=int, default=1,
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.trl_python:
             run["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
         run["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device,
-                            a.group_by_length, a.compile, a.stock_dropout)
+                            a.group_by_length, a.compile, a.stock_dropout, a.attention)
         if "trl" in run:
             ours, trl = run["ours"], run["trl"]
             run["comparison"] = {

@@ -61,6 +61,9 @@ class TrainConfig:
     resume: bool = _opt(False, "continue from the newest complete checkpoint in output_dir")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, ~1/3 more compute)")
     loss_chunk_size: int = _opt(1024, "label positions per LM-head chunk in the memory-lean loss")
+    attention: str = _opt("auto", "attention kernel: sdpa, eager, or auto (eager on CPU while its saved score "
+                          "matrices stay small, sdpa otherwise; see docs/performance.md)",
+                          choices=("auto", "sdpa", "eager"))
     compile: bool = _opt(False, "torch.compile the model's decoder layers")
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     fsdp: bool = _opt(False, "under torchrun: shard the base model and the adapters across the processes with FSDP2 "
