@@ -66,6 +66,9 @@ def test_loss_goes_down_and_artifacts_exist(full_run):
     assert args["finished"] and args["phase"] == "dapt" and args["assistant_only_loss"] is False
     assert set(args["data_files"]) == {"train.jsonl", "validation.jsonl"}
     assert args["versions"]["torch"] == torch.__version__
+    # --attention auto as given, and what it resolved to on this CPU, both on record
+    assert args["attention"] == "auto" and args["resolved"]["attention"] == "eager"
+    assert "attention: auto: eager on CPU" in (full_run / "train.log").read_text()
     for r in train:
         assert {"loss", "lr", "grad_norm", "supervised_tokens", "tokens", "tokens_per_s", "skipped_steps",
                 "peak_mem_MiB"} <= set(r)

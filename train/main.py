@@ -466,7 +466,8 @@ def write_training_args(run, finished: bool, extra: dict | None = None) -> None:
     record = dataclasses.asdict(cfg) | {
         "resolved": {"device": str(run.device), "world_size": run.info.world_size,
                      "global_batch_rows": cfg.micro_batch_size * run.micro_per_step, "total_steps": run.total_steps,
-                     "trainable_parameters": run.n_trainable},
+                     "trainable_parameters": run.n_trainable,
+                     "attention": causal_lm(run.model).config._attn_implementation},
         "versions": versions(),
         "data_files": {p.name: sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))},
         "data_stats": run.data_stats,

@@ -30,9 +30,10 @@ def choose_attention(cfg, text_config, device: torch.device) -> tuple[str, str]:
 
     On CPU, SDPA's bf16 flash kernel runs every 32 x 64 block product as its own oneDNN matmul call (tens of
     thousands per step at the CPU bench's shapes, each with a primitive-cache lookup), and its backward is
-    slower than eager attention's three batched ops: measured 1.7-2.6x at 128-450 tokens, +13% on the whole
-    bench step. The price is memory (eager saves the score matrices, quadratic in length) and rounding
-    (scores are rounded to bf16 before the fp32 softmax; 1% against 0.5% relative output error in bf16).
+    slower than eager attention's three batched ops: measured 1.7-2.6x at 128-450 tokens, +13-14% on the
+    whole bench step (docs/performance.md). The price is memory (eager saves the score matrices, quadratic in
+    length) and rounding (scores are rounded to bf16 before the fp32 softmax: 0.8-1.0% relative output error
+    in bf16 against SDPA's 0.5%).
     So auto picks eager on CPU only while the saved scores fit EAGER_SAVED_SCORES_BUDGET; on a GPU SDPA's
     fused kernels are both faster and leaner.
     """
