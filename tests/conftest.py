@@ -31,8 +31,9 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
-    """A fp32 LoRA model (dropout-free unless lora_dropout is overridden) whose B matrices are non-zero, so every adapter tensor gets a
-    gradient (peft initialises B to zero, which would leave A's gradient identically zero)."""
+    """A fp32 LoRA model (dropout-free unless lora_dropout is overridden) whose B matrices are non-zero, so
+    every adapter tensor gets a gradient (peft initialises B to zero, which would leave A's gradient
+    identically zero)."""
     import torch
 
     from train.config import TrainConfig

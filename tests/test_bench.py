@@ -30,6 +30,8 @@ def test_cpu_bench_reports_the_loop_figures(toy_preset, tmp_path, stock):
     assert r["trained_tokens_per_s"] > 0 and r["all_tokens_per_s"] > r["trained_tokens_per_s"]
     assert 0 < r["mfu"] < 1 and r["matmul_peak_flops"] > 0
     assert r["lora_dropout"] == ("nn.Dropout" if stock else "LaneMaskDropout")
+    # the loop's own attention choice: eager on CPU at these shapes, with the reason on record
+    assert r["attention"] == "eager" and r["attention_reason"].startswith("auto: eager on CPU")
 
 
 def test_bench_refuses_trl_without_fixture(toy_preset, capsys):
