@@ -58,14 +58,14 @@ esac
 setup
 export PYTHONUNBUFFERED=1
 case "$verb" in
-  "")          exec "$PY" -m train.flow ;;
+  "")          exec "$PY" -m train.tools.flow ;;
   test)        shift; exec "$PY" -m pytest "$@" ;;
-  tiny-model)  shift; exec "$PY" -m train.tiny_model "$@" ;;
+  tiny-model)  shift; exec "$PY" -m train.tools.tiny_model "$@" ;;
   data)        shift; exec "$PY" -m data.build "$@" ;;
-  inspect)     shift; exec "$PY" -m train.inspect_labels "$@" ;;
-  check)       shift; exec "$PY" -m train.post_checks "$@" ;;
-  bench)       shift; exec "$PY" -m train.bench "$@" ;;
-  flow)        shift; exec "$PY" -m train.flow "$@" ;;
+  inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
+  check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
+  bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
+  flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;
   *) echo "run.sh: unknown verb '$verb'" >&2; usage >&2; exit 2 ;;
 esac

@@ -8,17 +8,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.errors import UserError
 from contract.tokens import BOS
 
 SPECIALIZATION_PATH = Path(__file__).with_name("c64_specialization.txt")
 SEPARATOR = "\n\n"
+
+# The SYSTEM_PROMPT.txt of the stand-in model (train/tools/tiny_model.py), also used by the data step when no
+# model folder is given: same form as the released one (think first, with a literal [THINK]...[/THINK]
+# example), our own words.
+STAND_IN_SYSTEM_PROMPT = (
+    "Before you answer, work the problem out privately as an inner monologue, then write the reply. "
+    "Use the language of the question for both parts.\n\n"
+    "Lay your response out exactly like this:[THINK]Your rough working: notes, drafts, checks, as long "
+    "as you need until you are sure of the result.[/THINK]The final, self-contained answer for the user."
+)
 
 MISSING_SYSTEM_PROMPT = "missing_system_prompt"
 SYSTEM_PROMPT_MISMATCH = "system_prompt_mismatch"
 SYSTEM_PROMPT_NOT_FIRST = "system_prompt_not_first"
 
 
-class PromptContractError(RuntimeError):
+class PromptContractError(UserError):
     pass
 
 

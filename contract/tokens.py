@@ -1,9 +1,12 @@
-"""Control-token facts of Ministral 3's Tekken tokenizer (DESIGN §1), shared by every package."""
+"""Control-token facts of Ministral 3's Tekken tokenizer (docs/model.md), shared by every package."""
 
+# The control tokens this project relies on; load_tokenizer asserts each id before anything trains.
 CONTROL_TOKEN_IDS = {
     "<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "[/INST]": 4, "<pad>": 11,
     "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18, "[THINK]": 34, "[/THINK]": 35,
 }
+# Further named slots of the released tokenizer, used only to lay out the stand-in model's vocabulary.
+OTHER_CONTROL_TOKEN_IDS = {"[TOOL_CALLS]": 9, "[IMG]": 10, "[IMG_BREAK]": 12, "[IMG_END]": 13}
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 THINK_OPEN, THINK_CLOSE = "[THINK]", "[/THINK]"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 11
@@ -12,3 +15,5 @@ INST_OPEN_ID, INST_CLOSE_ID = 3, 4
 SYSTEM_OPEN_ID, SYSTEM_CLOSE_ID = 17, 18
 # Tekken reserves ids 0..999 for control tokens; any id below this is a control token.
 NUM_CONTROL_SLOTS = 1000
+# The label of a position the loss ignores (PyTorch's cross-entropy default ignore_index).
+IGNORE_INDEX = -100

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from contract.errors import UserError
 from data import conversations, dapt_corpus, discover, risk_signals, split, think_metrics
 from data import rejections as R
 from data.reference_tables import TABLE_NAMES, load_tables
@@ -30,17 +31,18 @@ from data.sft_generate import available_kinds, generate
 from data.sft_ingest import Row, TurnStats, read_jsonl
 from data.token_counter import TokenCounter, length_stats
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from train.config import DEFAULT_MODEL_PATH, DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
+
 DEFAULT_RAW = PROJECT_ROOT / "data" / "raw"
 DEFAULT_OUT = PROJECT_ROOT / "data" / "processed"
-DEFAULT_MODEL = PROJECT_ROOT / "models" / "Ministral-3-8B-Thinking"
-DEFAULT_TEMPLATE = PROJECT_ROOT / "templates" / "mistral3_chat_template_assistant_mask.jinja"
+DEFAULT_MODEL = PROJECT_ROOT / DEFAULT_MODEL_PATH
+DEFAULT_TEMPLATE = PROJECT_ROOT / DEFAULT_TEMPLATE_PATH
 DEFAULT_SFT_MAX = 2000
 SHORT_ASSISTANT_TOKENS = 300
 
 
-class UsageError(Exception):
-    pass
+class UsageError(UserError):
+    """A flag or input folder of the data step is unusable."""
 
 
 def parse_args(argv):
@@ -103,7 +105,7 @@ def resolve_model(model_path: Path | None) -> ModelSetup:
     if chosen is None and DEFAULT_MODEL.is_dir():
         chosen = DEFAULT_MODEL
     if chosen is None:
-        from train.tiny_model import STAND_IN_SYSTEM_PROMPT
+        from contract.prompt import STAND_IN_SYSTEM_PROMPT
         log("NOTICE: no model folder given and models/Ministral-3-8B-Thinking does not exist.")
         log("NOTICE: SFT system prompts use the tiny model's STAND-IN SYSTEM_PROMPT + the C64 specialization.")
         log("NOTICE: rebuild with --model-path <real checkpoint> before training the real model, or its prompt-"
@@ -115,7 +117,7 @@ def resolve_model(model_path: Path | None) -> ModelSetup:
         system = system_prompt_for(chosen)
     except PromptContractError as e:
         raise UsageError(str(e)) from e
-    from train.model_loading import CheckpointError, load_tokenizer
+    from train.pretrained import CheckpointError, load_tokenizer
     try:
         tok = load_tokenizer(chosen)
     except CheckpointError as e:

@@ -13,20 +13,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The full VLM layout (Mistral3ForConditionalGeneration + tiny Pixtral tower)."""
-    from train.tiny_model import build
+    from train.tools.tiny_model import build
     return build(tmp_path_factory.mktemp("tiny-vlm"), text_only=False, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_text_model_dir(tmp_path_factory) -> Path:
     """The text-only layout (Ministral3ForCausalLM)."""
-    from train.tiny_model import build
+    from train.tools.tiny_model import build
     return build(tmp_path_factory.mktemp("tiny-text"), text_only=True, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from train.model_loading import load_tokenizer
+    from train.pretrained import load_tokenizer
     return load_tokenizer(tiny_model_dir)
 
 
@@ -37,7 +37,7 @@ def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
     import torch
 
     from train.config import TrainConfig
-    from train.modeling import build_model
+    from train.lora_model import build_model
     overrides.setdefault("lora_dropout", 0.0)
     cfg = TrainConfig(phase=phase, model_path=str(model_dir), precision="fp32", seed=seed, **overrides).resolve()
     model = build_model(cfg, torch.device("cpu"), lambda _: None)

@@ -9,7 +9,8 @@ from conftest import lora_model
 from train.batching import Row, collate
 from train.config import TrainConfig
 from train.loss import labels_only_loss_sum
-from train.modeling import EAGER_SAVED_SCORES_BUDGET, build_model, causal_lm, choose_attention
+from train.attention import EAGER_SAVED_SCORES_BUDGET, choose_attention
+from train.lora_model import build_model, causal_lm
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

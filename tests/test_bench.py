@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from train import bench
+from train.tools import bench
 
 TOY = dict(shapes=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                        intermediate_size=128, vocab_size=4096),

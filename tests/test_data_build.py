@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from data.build import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "raw"
-SHARED_RAW = Path("/work/shared/c64/raw")
+# A full C64 corpus folder (raw documents, with its reference/ tables beside it), when the machine has one.
+FULL_CORPUS = Path(os.environ["C64_CORPUS_DIR"]) if os.environ.get("C64_CORPUS_DIR") else None
 REPORT_KEYS = {"inputs", "settings", "dapt", "sft", "think", "rejected_counts", "rejected", "risk_signals",
                "passed", "timing"}
 
@@ -223,7 +225,7 @@ def test_reference_dir_is_found_beside_or_inside_raw(tmp_path, template):
 
 
 def test_model_tokens_and_too_long_rows(tmp_path, template, tiny_model_dir):
-    from train.model_loading import load_tokenizer
+    from train.pretrained import load_tokenizer
     raw = tmp_path / "raw"
     write(raw / "a.txt", doc("alpha"))
     write(raw / "b.txt", doc("beta"))
@@ -243,9 +245,9 @@ def test_model_tokens_and_too_long_rows(tmp_path, template, tiny_model_dir):
     assert len(too_long) + sum(report["sft"]["counts"].values()) == 60
 
 
-@pytest.mark.skipif(not SHARED_RAW.is_dir(), reason="shared development corpus not present")
+@pytest.mark.skipif(FULL_CORPUS is None, reason="no full corpus: set C64_CORPUS_DIR to a raw/ folder to run this")
 def test_shared_corpus_with_sibling_reference(tmp_path, template):
-    rc, report = build(tmp_path, template, "--raw-dir", str(SHARED_RAW), "--sft-max", "300")
+    rc, report = build(tmp_path, template, "--raw-dir", str(FULL_CORPUS), "--sft-max", "300")
     assert rc == 0, [s for s in report["risk_signals"] if s["verdict"] == "fail"]
     assert report["inputs"]["reference_tables"] and report["dapt"]["documents_written"] > 200
     assert report["timing"]["seconds"] < 60

@@ -1,4 +1,4 @@
-"""FLOPs/MFU arithmetic (DESIGN §6) checked against hand counts and against real modules."""
+"""FLOPs/MFU arithmetic (docs/performance.md, "What is measured") checked against hand counts and against real modules."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 
-from train.flops import (DEFAULT_LORA_TARGETS, lora_param_count, measure_matmul_peak, mfu,
+from train.pretrained import LINEAR_PROJECTIONS
+from train.flops import (lora_param_count, measure_matmul_peak, mfu,
                          model_flops_per_token)
 
-# The 8B text_config of DESIGN §1.
+# The 8B text_config (docs/model.md).
 EIGHT_B = dict(hidden_size=4096, num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8,
                head_dim=128, intermediate_size=14336, vocab_size=131072, tie_word_embeddings=False)
 # head_dim * heads != hidden on purpose, as in the real model (32 * 128 = 4096 only by coincidence there).
@@ -65,7 +66,7 @@ def test_vlm_config_uses_text_config():
 
 def test_lora_param_count_matches_peft():
     from peft import LoraConfig, get_peft_model
-    model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=list(DEFAULT_LORA_TARGETS)))
+    model = get_peft_model(_tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=list(LINEAR_PROJECTIONS)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert lora_param_count(TINY, rank=4) == trainable
     assert lora_param_count(TINY, rank=4, targets=("q_proj",)) == 2 * 4 * (64 + 96)
@@ -90,7 +91,7 @@ def test_lora_and_checkpointing_terms():
 
 def test_eight_b_parameters_and_flops():
     f = model_flops_per_token(EIGHT_B, seq_len=2048, lora_params=lora_param_count(EIGHT_B, rank=16))
-    assert f["params_total"] == pytest.approx(8.49e9, rel=2e-3)  # DESIGN §1: 8.49 B
+    assert f["params_total"] == pytest.approx(8.49e9, rel=2e-3)  # docs/model.md: 8.49 B
     assert f["params_total"] * 2 / 2**30 == pytest.approx(15.8, abs=0.05)  # bf16 GiB
     n = f["params_matmul"]
     assert n == pytest.approx(7.95e9, rel=2e-3)

@@ -6,7 +6,7 @@ import torch
 from train import checkpointing, forensics
 from train.batching import Row, collate
 from train.config import TrainConfig
-from train.modeling import build_model, trainable_parameters
+from train.lora_model import build_model, trainable_parameters
 
 
 def test_replay_names_the_module_with_the_planted_nan(tiny_text_model_dir, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from contract.tokens import CONTROL_TOKEN_IDS
-from train.model_loading import LORA_TARGET_REGEX, CheckpointError, load_text_model, load_tokenizer
-from train.tiny_model import build
+from train.pretrained import LINEAR_PROJECTIONS, CheckpointError, load_text_model, load_tokenizer, lora_target_regex
+from train.tools.tiny_model import build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_lora_targets_exclude_vision_tower(tiny_model_dir):
     from transformers import Mistral3ForConditionalGeneration
     vlm = Mistral3ForConditionalGeneration.from_pretrained(tiny_model_dir)
     names = [n for n, _ in vlm.named_modules()]
-    hit = [n for n in names if re.fullmatch(LORA_TARGET_REGEX, n)]
+    hit = [n for n in names if re.fullmatch(lora_target_regex(LINEAR_PROJECTIONS), n)]
     assert hit and all("language_model" in n for n in hit)
     assert len(hit) == 7 * vlm.config.text_config.num_hidden_layers
     vision_linears = [n for n in names if n.startswith("model.vision_tower") and n.endswith("_proj")]

@@ -50,7 +50,7 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tiny_text_model_dir, small
 
     # The exported adapter loads with plain peft and gives the 1-process run's logits.
     from peft import PeftModel
-    from train.model_loading import load_text_model
+    from train.pretrained import load_text_model
     ids = torch.tensor([[1, 1500, 1600, 1700, 1800, 2]])
     with torch.no_grad():
         logits = [PeftModel.from_pretrained(load_text_model(tiny_text_model_dir, dtype=torch.float32), str(run))

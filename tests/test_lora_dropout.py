@@ -105,7 +105,7 @@ def test_activation_checkpointing_recomputes_the_same_masks(tiny_text_model_dir)
     # or the gradients would belong to other masks than the loss.
     from train.batching import Row, collate
     from train.loss import labels_only_loss_sum
-    from train.modeling import causal_lm
+    from train.lora_model import causal_lm
     batch = collate([Row("a", list(range(1000, 1040)), [-100] * 10 + list(range(1010, 1040)))])
     grads = {}
     for ckpt in (False, True):

@@ -8,7 +8,7 @@ from conftest import lora_model
 from train.batching import SHARED_PREFIX_MIN_TOKENS, Row, collate, shared_prefix_length
 from train.config import TrainConfig
 from train.loss import full_logits_loss_sum, labels_only_loss_sum
-from train.modeling import build_model, causal_lm
+from train.lora_model import build_model, causal_lm
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -102,8 +102,8 @@ def test_labels_only_loss_under_bf16_autocast_matches_full_logits(tiny_text_mode
     and gradients up to bf16 rounding, and hand fp32 gradients to the fp32 adapters. Measured: loss equal
     to 1e-7 relative, gradients within 0.8% relative norm (bf16 rounds in different places on the two paths);
     a lost or mis-scaled head gradient is off by O(1)."""
-    from train.modeling import attach_lora
-    from train.model_loading import load_text_model
+    from train.lora_model import attach_lora
+    from train.pretrained import load_text_model
     cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="bf16", lora_dropout=0.0).resolve()
     model = attach_lora(load_text_model(tiny_text_model_dir, dtype=torch.bfloat16, device=torch.device("cpu")), cfg)
     g = torch.Generator().manual_seed(3)

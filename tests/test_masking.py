@@ -1,4 +1,4 @@
-"""Strict assistant-only label masking (DESIGN §2, docs/specs/reasoning_contract.md section 4)."""
+"""Strict assistant-only label masking (docs/contracts.md, docs/specs/reasoning_contract.md section 4)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,13 @@ from jinja2 import TemplateError
 from contract.prompt import read_model_system_prompt, system_prompt_for
 from contract.tokens import (EOS_ID, INST_CLOSE_ID, INST_OPEN_ID, SYSTEM_CLOSE_ID, SYSTEM_OPEN_ID, THINK_OPEN_ID)
 from train import masking as M
-from train.inspect_labels import DEFAULT_TEMPLATE
-from train.inspect_labels import main as inspect_main
+from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
+from train.tools.inspect_labels import main as inspect_main
 
 
 @pytest.fixture(scope="module")
 def template() -> str:
-    return M.read_template(DEFAULT_TEMPLATE)
+    return M.read_template(PROJECT_ROOT / DEFAULT_TEMPLATE_PATH)
 
 
 @pytest.fixture(scope="module")

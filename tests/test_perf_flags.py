@@ -10,7 +10,7 @@ from conftest import lora_model
 from train.batching import Row, collate
 from train.loss import labels_only_loss_sum
 from train.main import main
-from train.modeling import causal_lm
+from train.lora_model import causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_activation_checkpointing_keeps_loss_and_lora_grads(tiny_text_model_dir)
 
 
 def test_model_uses_sdpa_attention(tiny_text_model_dir):
-    from train.model_loading import load_text_model
+    from train.pretrained import load_text_model
     assert load_text_model(tiny_text_model_dir).config._attn_implementation == "sdpa"
 
 
@@ -61,7 +61,7 @@ def test_profile_steps_write_a_trace(tiny_text_model_dir, tmp_path):
 def test_compile_keeps_loss_and_grads_across_row_lengths(tiny_text_model_dir):
     # Three lengths: the first call compiles, the others must reuse the dynamic graph, not fall back.
     import torch._dynamo
-    from train.modeling import compile_layers
+    from train.lora_model import compile_layers
     torch._dynamo.reset()
     batches = [collate([Row("a", list(range(1000, 1000 + n)), [-100] * 5 + list(range(1005, 1000 + n)))] * 2)
                for n in (24, 37, 51)]

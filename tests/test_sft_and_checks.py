@@ -48,7 +48,7 @@ def test_vlm_adapter_applies_to_the_released_layout(sft_run, tiny_model_dir):
     from peft import PeftModel
     from transformers import Mistral3ForConditionalGeneration
 
-    from train.model_loading import load_text_model
+    from train.pretrained import load_text_model
     vlm = PeftModel.from_pretrained(Mistral3ForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32),
                                     str(sft_run / "vlm_adapter")).eval()
     text = PeftModel.from_pretrained(load_text_model(tiny_model_dir, dtype=torch.float32), str(sft_run)).eval()
@@ -74,7 +74,7 @@ def test_sft_refuses_data_without_the_contract_system_prompt(tiny_model_dir, pro
 
 
 def test_post_training_checks_report(sft_run, capsys):
-    from train.post_checks import main as check_main
+    from train.tools.post_checks import main as check_main
     # 4 steps cannot teach the format: the contract check must fail, and say why, with a non-zero exit.
     assert check_main(["--run-dir", str(sft_run), "--limit", "4", "--max-new-tokens", "16"]) == 1
     report = json.loads((sft_run / "post_training_report.json").read_text())
@@ -91,7 +91,7 @@ def test_post_training_checks_report(sft_run, capsys):
 def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tmp_path):
     import shutil
 
-    from train.post_checks import main as check_main
+    from train.tools.post_checks import main as check_main
     run = tmp_path / "run"
     shutil.copytree(sft_run, run)
     args = json.loads((run / "training_args.json").read_text())
@@ -106,7 +106,7 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
 
 @pytest.mark.slow
 def test_flow_end_to_end_reduced(tmp_path, monkeypatch):
-    from train.flow import main as flow_main
+    from train.tools.flow import main as flow_main
     monkeypatch.chdir(ROOT)  # templates/ and data/raw are found relative to the project, as with ./run.sh
     rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(tmp_path / "models"),
                     "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",

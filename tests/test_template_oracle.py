@@ -13,7 +13,7 @@ import pytest
 
 from contract.prompt import read_model_system_prompt, system_prompt_for
 from train import masking as M
-from train.inspect_labels import DEFAULT_TEMPLATE
+from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
 
 LONG_REASONING = " ".join(f"Step {i}: LDA ${i % 256:02X} takes 2 cycles, STA $D020 takes 4." for i in range(300))
 
@@ -59,7 +59,7 @@ def _cases(system: str) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def template() -> str:
-    return M.read_template(DEFAULT_TEMPLATE)
+    return M.read_template(PROJECT_ROOT / DEFAULT_TEMPLATE_PATH)
 
 
 @pytest.fixture(scope="module")

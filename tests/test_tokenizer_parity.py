@@ -3,7 +3,7 @@
 
 The real Ministral 3 checkpoint is not available to the tests, so both sides are built from the Tekken
 vocabulary that mistral-common ships (`mistral_common/data/tekken_240911.json`, 130072 byte-level BPE
-tokens after 1000 control slots), with Ministral 3's control tokens placed at the ids of DESIGN §1:
+tokens after 1000 control slots), with Ministral 3's control tokens placed at the ids of docs/model.md:
 
 - our side: a `tokenizers` BPE tokenizer made from that vocabulary (merges derived from the ranks, the
   Tekken split regex, byte-level mapping, control tokens as special added tokens), used through
@@ -34,13 +34,13 @@ mistral_common = pytest.importorskip("mistral_common")
 from contract.prompt import build_system_prompt  # noqa: E402
 from contract.tokens import CONTROL_TOKEN_IDS, EOS_ID, THINK_OPEN_ID  # noqa: E402
 from train import masking as M  # noqa: E402
-from train.inspect_labels import DEFAULT_TEMPLATE  # noqa: E402
-from train.tiny_model import STAND_IN_SYSTEM_PROMPT  # noqa: E402
+from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT  # noqa: E402
+from contract.prompt import STAND_IN_SYSTEM_PROMPT  # noqa: E402
 
 TEKKEN_FILE = Path(mistral_common.__file__).parent / "data" / "tekken_240911.json"
 RAW_DIR = Path(__file__).resolve().parent.parent / "data" / "raw"
 
-# Ministral 3's control slots (DESIGN §1 for the ids this project relies on; the rest as in Tekken v13).
+# Ministral 3's control slots (docs/model.md for the ids this project relies on; the rest as in Tekken v13).
 MINISTRAL3_CONTROL = {
     0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]", 6: "[/AVAILABLE_TOOLS]",
     7: "[TOOL_RESULTS]", 8: "[/TOOL_RESULTS]", 9: "[TOOL_CALLS]", 10: "[IMG]", 11: "<pad>", 12: "[IMG_BREAK]",
@@ -129,7 +129,7 @@ def mc_tok(tekken, tmp_path_factory):
 
 
 def test_control_tokens_sit_at_the_design_ids(hf_tok):
-    from train.model_loading import check_control_tokens
+    from train.pretrained import check_control_tokens
     check_control_tokens(hf_tok, source="tekken_240911 + Ministral 3 controls")
     assert all(hf_tok.convert_tokens_to_ids(t) == i for t, i in CONTROL_TOKEN_IDS.items())
 
@@ -186,7 +186,7 @@ def _conversations(system: str):
 def test_conversation_ids_match_mistral_common_v13(hf_tok, mc_tok):
     system = build_system_prompt(STAND_IN_SYSTEM_PROMPT)
     messages, request = _conversations(system)
-    template = M.read_template(DEFAULT_TEMPLATE)
+    template = M.read_template(PROJECT_ROOT / DEFAULT_TEMPLATE_PATH)
     enc = M.encode_conversation(messages, hf_tok, template, example_id="parity")
     reference = mc_tok.encode_chat_completion(request).tokens
     assert enc.input_ids == reference
@@ -209,7 +209,7 @@ def test_first_turn_without_system_message_matches_too(hf_tok, mc_tok):
     user, reasoning, answer = TURNS[0]
     messages = [{"role": "user", "content": user},
                 {"role": "assistant", "content": f"[THINK]{reasoning}[/THINK]{answer}"}]
-    enc = M.encode_conversation(messages, hf_tok, M.read_template(DEFAULT_TEMPLATE), example_id="default",
+    enc = M.encode_conversation(messages, hf_tok, M.read_template(PROJECT_ROOT / DEFAULT_TEMPLATE_PATH), example_id="default",
                                 default_system_message=STAND_IN_SYSTEM_PROMPT)
     request = ChatCompletionRequest(messages=[
         SystemMessage(content=_system_chunks(STAND_IN_SYSTEM_PROMPT)), UserMessage(content=user),

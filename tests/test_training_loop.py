@@ -14,7 +14,7 @@ from train.batching import Row, collate
 from train.config import TrainConfig
 from train.loss import labels_only_loss_sum
 from train.main import main
-from train.modeling import build_model, causal_lm
+from train.lora_model import build_model, causal_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def test_consecutive_nan_steps_abort_with_checkpoint(tiny_text_model_dir, dapt_d
 
 def test_saved_adapter_reproduces_trained_logits(full_run, tiny_text_model_dir):
     from peft import PeftModel
-    from train.model_loading import load_text_model
+    from train.pretrained import load_text_model
     base = load_text_model(tiny_text_model_dir, dtype=torch.float32)
     reloaded = PeftModel.from_pretrained(base, str(full_run)).eval()
     # The same adapter applied by our own model builder from the final checkpoint's tensors:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from contract.tokens import BOS_ID, EOS_ID, PAD_ID
+from contract.errors import UserError
+from contract.tokens import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID
 
-IGNORE_INDEX = -100
 # Below this many shared tokens a second forward call costs more in launch overhead than it saves.
 SHARED_PREFIX_MIN_TOKENS = 16
 
@@ -28,12 +28,12 @@ class Row:
     labels: list[int]
 
 
-class DataError(ValueError):
-    pass
+class DataError(UserError):
+    """A data file is missing or malformed; the message names the file and line."""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL split; a bad line fails with file:line (the data step should have caught it)."""
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The JSON objects of a JSONL file (the first `limit` of them); a bad line fails with file:line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found (run `./run.sh data` first, or point --dapt-dir/--sft-dir at your data)")
@@ -42,10 +42,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            if limit is not None and len(rows) >= limit:
+                break
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from contract.errors import UserError
+
 MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
 
 
-class CheckpointCorrupt(RuntimeError):
-    pass
+class CheckpointCorrupt(UserError):
+    """A checkpoint folder is incomplete, modified or unreadable; the message names the file."""
 
 
 def sha256_file(path: Path) -> str:

@@ -8,11 +8,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_MODEL_PATH = "models/Ministral-3-8B-Thinking"
-DEFAULT_TEMPLATE = "templates/mistral3_chat_template_assistant_mask.jinja"
+from contract.errors import UserError
+from train.pretrained import LINEAR_PROJECTIONS
+
+# Where the project lives, and its default paths relative to it (run.sh works from the project root).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_PATH = "models/Ministral-3-8B-Thinking"   # where a user puts the downloaded checkpoint
+DEFAULT_TEMPLATE_PATH = "templates/mistral3_chat_template_assistant_mask.jinja"
 
 
 def _opt(default, help: str, **kw):
+    """A field with its --help text; `choices` restricts the values, `group` files it under a --help heading."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -29,8 +35,7 @@ class TrainConfig:
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
-    lora_targets: str = _opt("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                             "language-model projections that get adapters (comma list)")
+    lora_targets: str = _opt(",".join(LINEAR_PROJECTIONS), "language-model projections that get adapters (comma list)")
     max_length: int = _opt(2048, "tokens per row (SFT) or per packed block (DAPT)")
     micro_batch_size: int = _opt(2, "rows per forward/backward")
     grad_accum: int = _opt(16, "micro-batches per optimizer step (per process)")
@@ -43,7 +48,7 @@ class TrainConfig:
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this value (0 = off)")
     assistant_only_loss: bool = _opt(None, "SFT: supervise only the template's generation spans (default on for SFT)")
     strict_assistant_only_loss: bool = _opt(True, "SFT: fail before training on any masking finding")
-    chat_template_path: str = _opt(DEFAULT_TEMPLATE, "training chat template with {% generation %} blocks")
+    chat_template_path: str = _opt(DEFAULT_TEMPLATE_PATH, "training chat template with {% generation %} blocks")
     packing: bool = _opt(None, "pack rows into max-length blocks (default on for DAPT, must be off for SFT)")
     drop_overlong: bool = _opt(False, "SFT: drop (and count) conversations that do not fit max_length")
     group_by_length: bool = _opt(True, "SFT: batch rows of similar length together to cut padding")
@@ -68,11 +73,16 @@ class TrainConfig:
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     fsdp: bool = _opt(False, "under torchrun: shard the base model and the adapters across the processes with FSDP2 "
                       "(for a base model that does not fit one device)")
-    profile_steps: str = _opt(None, "A:B - write a torch profiler trace for optimizer steps A..B")
-    detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection (slow; names the op that made a NaN)")
-    deterministic: bool = _opt(False, "torch deterministic algorithms (bitwise-repeatable GPU runs, slower)")
-    debug_nan_steps: str = _opt(None, "testing aid: comma list of optimizer steps whose loss is made NaN")
-    stop_after_steps: int = _opt(None, "leave the loop after N steps as if interrupted (no final artifacts; --resume goes on)")
+    profile_steps: str = _opt(None, "A:B - write a torch profiler trace for optimizer steps A..B",
+                              group="debugging")
+    detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection (slow; names the op that made a NaN)",
+                                group="debugging")
+    deterministic: bool = _opt(False, "torch deterministic algorithms (bitwise-repeatable GPU runs, slower)",
+                               group="debugging")
+    debug_nan_steps: str = _opt(None, "testing aid: comma list of optimizer steps whose loss is made NaN",
+                                group="debugging")
+    stop_after_steps: int = _opt(None, "leave the loop after N steps as if interrupted (no final artifacts; "
+                                 "--resume goes on)", group="debugging")
 
     def resolve(self) -> "TrainConfig":
         """Fill the phase-dependent defaults (the recipe differs between DAPT and SFT)."""
@@ -91,8 +101,8 @@ class TrainConfig:
         return self.dapt_dir if self.phase == "dapt" else self.sft_dir
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A flag or a combination of flags the loop does not support."""
 
 
 def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
@@ -136,11 +146,10 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
             errors.append("--compile with --fsdp: compiling FSDP2-wrapped layers is not supported by this loop; "
                           "use --no-compile")
         if cfg.share_prefix:
-            # The prefix runs as its own forward call through every layer. Measured (torch 2.13, gloo): the
-            # backward fails with "setStorage: ... out of bounds for storage of size 0", i.e. a layer's
-            # gathered weights are freed after its backward for the suffix call while the prefix call's
-            # backward still needs them. Micro-batches with and without a shared prefix (1-row batches
-            # have none) would also run different numbers of collectives on different processes.
+            # The prefix runs as its own forward call through every layer, and FSDP2 frees a layer's gathered
+            # weights after its backward for the suffix call while the prefix call's backward still needs them
+            # (the backward fails with "setStorage: ... out of bounds"). Micro-batches with and without a
+            # shared prefix (1-row batches have none) would also run different numbers of collectives.
             errors.append("--share-prefix with --fsdp: the shared-prefix key/value cache path runs each layer twice "
                           "per micro-batch, which FSDP2's per-layer gather/free does not support; use --no-share-prefix")
     if cfg.share_prefix and cfg.gradient_checkpointing:
@@ -152,6 +161,11 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
                  "keep_checkpoints", "log_interval", "loss_chunk_size", "lora_r"):
         if getattr(cfg, name) < 1:
             errors.append(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        from train.pretrained import lora_target_regex
+        lora_target_regex(cfg.lora_targets)
+    except ValueError as e:
+        errors.append(str(e))
     if cfg.max_steps is not None and cfg.max_steps < 1:
         errors.append("--max-steps must be >= 1")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -171,17 +185,20 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train.main", description="DAPT / SFT LoRA fine-tuning of Ministral 3 "
                                  "(plain PyTorch loop). Defaults are the recipe.")
+    groups = {"debugging": ap.add_argument_group("debugging options", "aids for finding a numerical or performance "
+                                                  "problem; none is needed for a normal run")}
     for f in dataclasses.fields(TrainConfig):
+        target = groups.get(f.metadata.get("group"), ap)
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
         kw = {"help": text.replace("%", "%%")}  # argparse formats help strings with %
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if f.type in ("bool", bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
         else:
             typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            ap.add_argument(flag, type=typ, default=f.default, required=f.name == "phase", **kw)
+            target.add_argument(flag, type=typ, default=f.default, required=f.name == "phase", **kw)
     # The seed playbook spells the LoRA switch --use-lora and packing off as --no-packing; both are above.
     return ap
 

@@ -42,7 +42,7 @@ def export_merged(run_dir: str | Path, args: dict, out: str | Path | None = None
     """Fold lineage + adapter into the base weights and save a standalone text-model folder (bf16)."""
     from peft import PeftModel
 
-    from train.model_loading import load_text_model, load_tokenizer
+    from train.pretrained import load_text_model, load_tokenizer
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "merged"

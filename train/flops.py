@@ -1,4 +1,4 @@
-"""Model FLOPs per token, a measured matmul peak, and MFU (DESIGN §6).
+"""Model FLOPs per token, a measured matmul peak, and MFU (docs/performance.md, "What is measured").
 
 Counting conventions (each one is a choice; they are stated here so reported MFU can be compared):
 
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 
 import torch
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from train.pretrained import LINEAR_PROJECTIONS
 
 
 def _get(cfg, name, default=None):
@@ -68,7 +68,7 @@ def _linear_shapes(s: dict) -> dict[str, tuple[int, int]]:
             "down_proj": (s["intermediate"], h)}
 
 
-def lora_param_count(text_config, rank: int, targets=DEFAULT_LORA_TARGETS) -> int:
+def lora_param_count(text_config, rank: int, targets=LINEAR_PROJECTIONS) -> int:
     """Adapter parameters for LoRA of this rank on the named projections of every decoder layer."""
     s = _shapes(text_config)
     shapes = _linear_shapes(s)

@@ -1,49 +1,21 @@
-"""Debugging aids for people working at kernel level: profiler traces for a step range, and forensics
-bundles that capture a step whose loss or gradient went non-finite so it can be replayed in isolation.
+"""Forensics bundles: a step whose loss or gradient went non-finite, captured so it can be replayed alone.
 
 A bundle (forensics/step-NNNNNN/) holds the step's micro-batches, the RNG state at the start of the step,
-the adapter weights as they were, and the resolved config; `python -m train.main --replay BUNDLE`
-re-runs the micro-batches with a hook on every module and names the first one whose output is not finite.
+the adapter weights as they were, and the resolved config. Replaying re-runs the micro-batches with a hook on
+every module and names the first one whose output is not finite:
+
+    python -m train.forensics --replay BUNDLE [--device cpu]      (also: python -m train.main --replay BUNDLE)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-
-
-class StepProfiler:
-    """torch.profiler over optimizer steps A..B (--profile-steps A:B); a chrome trace per process."""
-
-    def __init__(self, spec: str | None, out_dir: Path, rank: int):
-        self.range = tuple(int(x) for x in spec.split(":")) if spec else None
-        self.out_dir, self.rank, self.prof = out_dir, rank, None
-
-    def step_begin(self, step: int) -> None:
-        if self.range and step == self.range[0]:
-            acts = [torch.profiler.ProfilerActivity.CPU]
-            if torch.cuda.is_available():
-                acts.append(torch.profiler.ProfilerActivity.CUDA)
-            self.prof = torch.profiler.profile(activities=acts, record_shapes=True, profile_memory=True)
-            self.prof.start()
-
-    def step_end(self, step: int) -> None:
-        if self.prof is not None and step == self.range[1]:
-            self.close()
-
-    def close(self) -> None:
-        if self.prof is None:
-            return
-        self.prof.stop()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"trace-steps{self.range[0]}-{self.range[1]}-rank{self.rank}.json"
-        self.prof.export_chrome_trace(str(path))
-        print(f"profiler trace written to {path} (open in chrome://tracing or https://ui.perfetto.dev)")
-        self.prof = None
 
 
 def save_bundle(root: Path, step: int, batches: list[dict], rng: dict, params: dict, cfg, row_ids: list[str]) -> Path:
@@ -75,8 +47,9 @@ def replay(bundle: str | Path, device: str = "cpu") -> dict:
     from train.batching import Row, collate, to_device
     from train.checkpointing import restore_rng
     from train.config import TrainConfig
+    from train.device import autocast
     from train.loss import labels_only_loss_sum
-    from train.modeling import build_model, causal_lm, trainable_parameters
+    from train.lora_model import build_model, causal_lm, trainable_parameters
 
     bundle = Path(bundle)
     meta = json.loads((bundle / "bundle.json").read_text())
@@ -109,8 +82,7 @@ def replay(bundle: str | Path, device: str = "cpu") -> dict:
             rows = [Row(f"mb{i}.row{r}", ids[r, :int(mask[r].sum())].tolist(), labels[r, :int(mask[r].sum())].tolist())
                     for r in range(ids.shape[0])]
             batch = to_device(collate(rows, share_prefix=bool(cfg.share_prefix)), dev)
-            ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else torch.autocast(dev.type, enabled=False)
-            with ctx:
+            with autocast(dev, cfg.precision):
                 loss = labels_only_loss_sum(causal_lm(model), batch, cfg.loss_chunk_size)
             if found:
                 return result | {"micro_batch": i, "first_non_finite": "module", "module": found[0]}
@@ -128,8 +100,8 @@ def replay(bundle: str | Path, device: str = "cpu") -> dict:
             h.remove()
 
 
-def replay_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="train.main --replay", description="Replay a forensics bundle")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.forensics", description="Replay a forensics bundle")
     ap.add_argument("--replay", required=True, help="forensics/step-NNNNNN folder written by a training run")
     ap.add_argument("--device", default="cpu")
     args, _ = ap.parse_known_args(argv)
@@ -138,3 +110,7 @@ def replay_main(argv: list[str]) -> int:
     if result["module"]:
         print(f"first non-finite {result['first_non_finite']}: {result['module']}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """LoRA dropout for CPU training whose keep-masks come from 64-bit random words, not torch's bernoulli_.
 
 Why this exists: on a CPU, torch's bernoulli_ takes MKL's vectorised path only when the CPU is an Intel
-one; everywhere else (the AMD development machine) it draws element by element on one thread, ~5 ns per
-element. peft draws one mask per adapted projection, seven per layer, and on the CPU bench that was 15%
-of the step. Filling int64 words with random_ over the full 64-bit range and cutting each word into four
-16-bit lanes gives four independent uniform draws per word, at ~0.8 ns per element in isolation.
+one; everywhere else it draws element by element on one thread, and peft draws one mask per adapted
+projection, seven per layer, so the masks become a visible share of a CPU step (docs/performance.md).
+Filling int64 words with random_ over the full 64-bit range and cutting each word into four 16-bit lanes
+gives four independent uniform draws per word, several times faster.
 
 What it keeps the same as nn.Dropout: an independent mask per call and per element, the global torch RNG
 (so --seed and the checkpointed RNG states govern it exactly as before), inputs scaled by 1 / keep so the
@@ -45,16 +45,14 @@ class _LaneMaskDropout(torch.autograd.Function):
         # A lane reads as int16 in [-32768, 32767]; the lowest `dropped` values mean "drop". The 0/1 mask is
         # built in the lanes' own int16, in place: clamping to [first_kept - 1, first_kept] and subtracting
         # first_kept - 1 leaves exactly 0 or 1, and both bounds lie inside int16 for any p the lanes take,
-        # so nothing overflows. Then one cast to x's dtype. On CPU, comparisons into bool tensors and
-        # bool-by-bf16 products run 3-5x slower than these same-dtype vectorised ops, and going through
-        # fp32 (as an earlier version did) took 2.5 ms against 1.0 ms for a 812 x 512 mask, random words
-        # included.
+        # so nothing overflows. Then one cast to x's dtype. On CPU, comparisons into bool tensors,
+        # bool-by-bf16 products and a detour through fp32 are all slower than these same-dtype vectorised ops.
         dropped = drop_threshold(p)
         first_kept = dropped - LANES // 2
         keep = lanes.clamp_(first_kept - 1, first_kept).sub_(first_kept - 1).to(x.dtype)
         # Scaling after masking, by a Python float: each survivor is rounded once from the exact product. A
-        # scale stored in bf16 would itself be off by up to 0.4% (torch's CPU dropout does that for bf16
-        # inputs: at p = 0.05 it scales by 1.0547 instead of 1.0526) and bias every kept value.
+        # scale stored in bf16 (as torch's CPU dropout keeps it for bf16 inputs) would itself be rounded and
+        # bias every kept value.
         ctx.scale = LANES / (LANES - dropped)
         ctx.save_for_backward(keep)
         return (x * keep).mul_(ctx.scale)

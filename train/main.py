@@ -6,7 +6,8 @@
 
 Read top to bottom: setup() builds everything and fails early; fit() is the loop; evaluate() is the
 validation pass; finish() writes the artifacts. Everything that is not the loop lives in a small module
-named for what it does (batching, loss, checkpointing, distributed, masking, modeling).
+named for what it does (batching, loss, checkpointing, distributed, masking, lora_model, ...); the
+command-line tools that the loop never imports live in train/tools/ (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -18,43 +19,39 @@ if __package__ in (None, ""):
     # imports resolve and no module in train/ can shadow a standard-library one.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
 import random
-import resource
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.errors import UserError
 from train import checkpointing, distributed, forensics
-from train.checkpointing import sha256_file
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
+from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
+from train.device import autocast, peak_memory_mib, resolve_device
+from train.export import export_merged, export_vlm_adapter
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
+from train.lora_model import build_model, causal_lm, fsdp_root, trainable_parameters
 from train.loss import labels_only_loss_sum
-from train.model_loading import load_tokenizer
-from train.modeling import build_model, causal_lm, fsdp_root, trainable_parameters
+from train.pretrained import load_tokenizer, read_text_config
+from train.profiling import StepProfiler
 from train.run_log import RunLog
+from train.state import LoopState, Run
 
 
-class TrainingAborted(RuntimeError):
-    pass
+class TrainingAborted(UserError):
+    """Too many non-finite steps in a row; the last good weights are in a checkpoint."""
 
 
 # ------------------------------------------------------------------------------------------- setup
-
-def resolve_device(cfg: TrainConfig, info: distributed.DistInfo) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(cfg.device)
-
 
 def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[list[Row], list[Row], dict]:
     """Training and validation rows for the phase, plus the statistics that go into training_args.json."""
@@ -100,7 +97,7 @@ def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[
     return out[0], out[1], stats
 
 
-def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> SimpleNamespace:
+def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> Run:
     out = Path(cfg.output_dir)
     log = RunLog(out, info.rank, info.world_size)
     log.info(f"phase {cfg.phase}: model {cfg.model_path}, data {cfg.data_dir}, output {out}, device {device}, "
@@ -136,40 +133,35 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
-    micro_per_step = cfg.grad_accum * info.world_size  # global micro-batches per optimizer step
+    run = Run(cfg=cfg, info=info, device=device, log=log, model=model, params=params, optimizer=optimizer,
+              fsdp=fsdp_root(model), tokenizer=tokenizer, train_rows=train_rows, val_rows=val_rows,
+              data_stats=data_stats, n_trainable=n_trainable)
     micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    steps_per_epoch = math.ceil(micro_per_epoch / run.micro_per_step)
+    run.total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     log.info(f"{len(train_rows)} training rows, {len(val_rows)} validation rows; {steps_per_epoch} optimizer "
-             f"steps per epoch, {total_steps} in total ({micro_per_step} micro-batches of {cfg.micro_batch_size} per step)")
+             f"steps per epoch, {run.total_steps} in total ({run.micro_per_step} micro-batches of "
+             f"{cfg.micro_batch_size} per step)")
 
-    state = {"step": 0, "epoch": 0, "micro_index": 0, "consecutive_skips": 0, "skipped_steps": 0,
-             "eval_loss_before": None}
     if cfg.resume:
         ck = checkpointing.latest_valid_checkpoint(out / "checkpoints", log.warn)
         if ck is None:
             log.warn(f"--resume: no complete checkpoint under {out / 'checkpoints'}; starting from step 0")
         else:
-            restore(ck, cfg, info, model, params, optimizer, state)
-            log.info(f"resumed from {ck['path']} at step {state['step']} (epoch {state['epoch']}, "
-                     f"micro-batch {state['micro_index']})")
+            restore(ck, run)
+            log.info(f"resumed from {ck['path']} at step {run.state.step} (epoch {run.state.epoch}, "
+                     f"micro-batch {run.state.micro_index})")
 
-    # MFU as it trains (DESIGN §6): model FLOPs per token at the data's mean row length, over a matmul
+    # MFU as it trains: model FLOPs per token at the data's mean row length (train/flops.py), over a matmul
     # peak measured here, on this device and dtype, rather than a datasheet number.
     text_cfg = causal_lm(model).config
     mean_len = max(1, round(sum(len(r.input_ids) for r in train_rows) / len(train_rows)))
-    flops_per_token = model_flops_per_token(text_cfg, mean_len, n_trainable,
-                                            activation_checkpointing=cfg.gradient_checkpointing)
-    peak_flops = measure_matmul_peak(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
-                                     seconds=0.3)
-    log.info(f"model FLOPs/token {flops_per_token['model_flops'] / 1e6:.1f} M at mean length {mean_len}; "
-             f"measured matmul peak {peak_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
-
-    run = SimpleNamespace(cfg=cfg, info=info, device=device, log=log, tokenizer=tokenizer, model=model,
-                          fsdp=fsdp_root(model), params=params, optimizer=optimizer, train_rows=train_rows,
-                          val_rows=val_rows, data_stats=data_stats, state=state, total_steps=total_steps,
-                          micro_per_step=micro_per_step, n_trainable=n_trainable, started=time.time(),
-                          stopped_early=False, flops_per_token=flops_per_token, peak_flops=peak_flops)
+    run.flops_per_token = model_flops_per_token(text_cfg, mean_len, n_trainable,
+                                                activation_checkpointing=cfg.gradient_checkpointing)
+    run.peak_flops = measure_matmul_peak(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
+                                         seconds=0.3)
+    log.info(f"model FLOPs/token {run.flops_per_token['model_flops'] / 1e6:.1f} M at mean length {mean_len}; "
+             f"measured matmul peak {run.peak_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
     if info.is_main:
         write_training_args(run, finished=False)
     return run
@@ -185,7 +177,8 @@ def fingerprint(cfg: TrainConfig, info: distributed.DistInfo) -> dict:
                                                  "train_data_sha256": sha256_file(train_file)}
 
 
-def restore(ck: dict, cfg, info, model, params, optimizer, state) -> None:
+def restore(ck: dict, run: Run) -> None:
+    cfg, info, params = run.cfg, run.info, run.params
     saved = ck["loop_state"]
     mismatch = {k: (v, saved["fingerprint"].get(k)) for k, v in fingerprint(cfg, info).items()
                 if saved["fingerprint"].get(k) != v}
@@ -196,16 +189,17 @@ def restore(ck: dict, cfg, info, model, params, optimizer, state) -> None:
     if missing:
         raise checkpointing.CheckpointCorrupt(f"{ck['path']}: adapter tensors missing: {sorted(missing)[:3]}")
     if cfg.fsdp:
-        checkpointing.load_full_state(model, optimizer, {n: ck["trainable"][n] for n in params}, ck["optimizer"])
+        checkpointing.load_full_state(run.model, run.optimizer, {n: ck["trainable"][n] for n in params},
+                                      ck["optimizer"])
     else:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(ck["trainable"][name])
-        optimizer.load_state_dict(ck["optimizer"])
+        run.optimizer.load_state_dict(ck["optimizer"])
     checkpointing.restore_rng(ck["rng"][info.rank])
-    state.update({k: saved[k] for k in state})
+    run.state = LoopState.from_dict(saved)
     # A resume is a deliberate restart: the consecutive-skip budget starts afresh (the total stays counted).
-    state["consecutive_skips"] = 0
+    run.state.consecutive_skips = 0
 
 
 # --------------------------------------------------------------------------------------------- loop
@@ -220,13 +214,7 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def autocast(run):
-    if run.cfg.precision == "bf16":
-        return torch.autocast(device_type=run.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], list[str]]:
+def window_batches(run: Run, plan: list[list[int]], start: int) -> tuple[list[dict], list[str]]:
     """This process's micro-batches of the optimizer step that starts at plan[start].
 
     The window of W*A global micro-batches is dealt round-robin to the W processes, so 1 process with
@@ -248,7 +236,7 @@ def window_batches(run, plan: list[list[int]], start: int) -> tuple[list[dict], 
 TOKEN_COUNTS = {"label": "n_label_tokens", "all": "n_tokens", "trunk": "n_trunk_tokens", "padded": "n_padded_tokens"}
 
 
-def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[float, float, dict[str, int]]:
+def forward_backward(run: Run, batches: list[dict], poison: bool = False) -> tuple[float, float, dict[str, int]]:
     """Gradients of one optimizer step's window, summed over processes and clipped.
 
     Returns (loss, grad_norm, token counts) for the whole window; the counts are supervised tokens
@@ -274,7 +262,7 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
             # Accumulate unsharded gradients locally and reduce-scatter once, in the last backward.
             fsdp.set_requires_gradient_sync(i == len(batches) - 1)
         b = to_device(b, run.device)
-        with autocast(run), torch.profiler.record_function("forward"):
+        with autocast(run.device, run.cfg.precision), torch.profiler.record_function("forward"):
             micro_loss = labels_only_loss_sum(lm, b, run.cfg.loss_chunk_size)
         if poison:  # --debug-nan-steps: exercise the guard below without touching the model
             micro_loss = micro_loss * float("nan")
@@ -295,31 +283,31 @@ def forward_backward(run, batches: list[dict], poison: bool = False) -> tuple[fl
     return loss, grad_norm, counts
 
 
-def fit(run) -> None:
+def fit(run: Run) -> None:
     cfg, info, state, log = run.cfg, run.info, run.state, run.log
     model, optimizer = run.model, run.optimizer
     nan_steps = {int(s) for s in cfg.debug_nan_steps.split(",")} if cfg.debug_nan_steps else set()
-    profiler = forensics.StepProfiler(cfg.profile_steps, Path(cfg.output_dir) / "profile", info.rank)
+    profiler = StepProfiler(cfg.profile_steps, Path(cfg.output_dir) / "profile", info.rank)
 
-    if state["step"] == 0 and state["eval_loss_before"] is None:
-        state["eval_loss_before"] = evaluate(run)
-        log.info(f"validation loss before training: {state['eval_loss_before']:.4f}")
-        log.metrics({"kind": "eval", "step": 0, "eval_loss": state["eval_loss_before"]})
+    if state.step == 0 and state.eval_loss_before is None:
+        state.eval_loss_before = evaluate(run)
+        log.info(f"validation loss before training: {state.eval_loss_before:.4f}")
+        log.metrics({"kind": "eval", "step": 0, "eval_loss": state.eval_loss_before})
 
     plan, plan_epoch = None, None
     window_t0, window_tokens = time.perf_counter(), dict.fromkeys(TOKEN_COUNTS, 0)
-    bar = tqdm(total=run.total_steps, initial=state["step"], desc=f"{cfg.phase}", unit="step",
+    bar = tqdm(total=run.total_steps, initial=state.step, desc=f"{cfg.phase}", unit="step",
                disable=not info.is_main, dynamic_ncols=True)
     model.train()
-    while state["step"] < run.total_steps:
-        if plan_epoch != state["epoch"]:
+    while state.step < run.total_steps:
+        if plan_epoch != state.epoch:
             plan = epoch_plan([len(r.input_ids) for r in run.train_rows], cfg.micro_batch_size, cfg.seed,
-                              state["epoch"], cfg.group_by_length and cfg.phase == "sft")
-            plan_epoch = state["epoch"]
-        step = state["step"] + 1  # 1-based number of the optimizer step being taken
+                              state.epoch, cfg.group_by_length and cfg.phase == "sft")
+            plan_epoch = state.epoch
+        step = state.step + 1  # 1-based number of the optimizer step being taken
         profiler.step_begin(step)
         rng_at_start = checkpointing.capture_rng()
-        batches, window_ids = window_batches(run, plan, state["micro_index"])
+        batches, window_ids = window_batches(run, plan, state.micro_index)
 
         loss, grad_norm, counts = forward_backward(run, batches, poison=step in nan_steps)
         n_label = counts["label"]
@@ -330,11 +318,11 @@ def fit(run) -> None:
                 group["lr"] = lr
             with torch.profiler.record_function("optimizer"):
                 optimizer.step()
-            state["consecutive_skips"] = 0
+            state.consecutive_skips = 0
         else:
             # Skip the update: the weights keep their last good values and the bad gradients are dropped.
-            state["skipped_steps"] += 1
-            state["consecutive_skips"] += 1
+            state.skipped_steps += 1
+            state.consecutive_skips += 1
             reason = "no supervised tokens in the window" if n_label == 0 else f"loss={loss} grad_norm={grad_norm}"
             log.warn(f"step {step}: non-finite update skipped ({reason}); rows {', '.join(window_ids[:8])}"
                      f"{' ...' if len(window_ids) > 8 else ''}")
@@ -343,33 +331,33 @@ def fit(run) -> None:
             if info.is_main and n_label > 0:
                 bundle = forensics.save_bundle(Path(cfg.output_dir) / "forensics", step, batches, rng_at_start,
                                                adapter, cfg, window_ids)
-                log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.main "
+                log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.forensics "
                          f"--replay {bundle})")
         optimizer.zero_grad(set_to_none=True)
 
-        state["step"] = step
-        state["micro_index"] += run.micro_per_step
-        if state["micro_index"] >= len(plan):
-            state["epoch"] += 1
-            state["micro_index"] = 0
+        state.step = step
+        state.micro_index += run.micro_per_step
+        if state.micro_index >= len(plan):
+            state.epoch += 1
+            state.micro_index = 0
         for k in TOKEN_COUNTS:
             window_tokens[k] += counts[k]
         profiler.step_end(step)
 
-        if state["consecutive_skips"] > cfg.max_consecutive_skips:
+        if state.consecutive_skips > cfg.max_consecutive_skips:
             path = save_checkpoint(run)
-            raise TrainingAborted(f"{state['consecutive_skips']} consecutive non-finite steps (limit "
+            raise TrainingAborted(f"{state.consecutive_skips} consecutive non-finite steps (limit "
                                   f"{cfg.max_consecutive_skips}) at step {step}; last good weights saved in {path}. "
                                   "See docs/troubleshooting.md#nan-aborts")
 
         if step % cfg.log_interval == 0 or step == run.total_steps:
             elapsed = time.perf_counter() - window_t0
-            record = {"kind": "train", "step": step, "epoch": state["epoch"], "loss": loss, "lr": lr,
+            record = {"kind": "train", "step": step, "epoch": state.epoch, "loss": loss, "lr": lr,
                       "grad_norm": grad_norm, "supervised_tokens": n_label, "tokens": counts["all"],
                       "tokens_per_s": window_tokens["label"] / elapsed,
                       "all_tokens_per_s": window_tokens["all"] / elapsed,
                       "padding_share": 1 - window_tokens["all"] / max(1, window_tokens["padded"]),
-                      "step_time_s": elapsed / cfg.log_interval, "skipped_steps": state["skipped_steps"],
+                      "step_time_s": elapsed / cfg.log_interval, "skipped_steps": state.skipped_steps,
                       # FLOPs actually run: a shared prefix counts once per micro-batch, not once per row.
                       "mfu": labels_only_step_flops(run.flops_per_token, window_tokens["trunk"], window_tokens["label"])
                       / elapsed / run.peak_flops / info.world_size,
@@ -394,14 +382,8 @@ def fit(run) -> None:
     profiler.close()
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 @torch.no_grad()
-def evaluate(run) -> float:
+def evaluate(run: Run) -> float:
     """Token-weighted mean loss over the validation split (fixed order; split across processes)."""
     cfg, info = run.cfg, run.info
     rows = run.val_rows
@@ -419,7 +401,7 @@ def evaluate(run) -> float:
     n_forward = len(batches[0::info.world_size]) if run.fsdp is not None else len(mine)
     for k in range(n_forward):
         b = collate([rows[i] for i in (mine[k] if k < len(mine) else batches[0])], share_prefix=cfg.share_prefix)
-        with autocast(run):
+        with autocast(run.device, cfg.precision):
             micro_loss = labels_only_loss_sum(causal_lm(run.model), to_device(b, run.device), cfg.loss_chunk_size)
         if k < len(mine):
             n_label += b["n_label_tokens"]
@@ -431,7 +413,7 @@ def evaluate(run) -> float:
 
 # ---------------------------------------------------------------------------------- checkpoints/out
 
-def save_checkpoint(run) -> Path | None:
+def save_checkpoint(run: Run) -> Path | None:
     """All processes contribute their RNG state; only the main process writes."""
     rng = json.dumps(checkpointing.capture_rng())
     rng_all = [json.loads(s) for s in distributed.gather_json(run.info, rng, run.device)]
@@ -443,8 +425,8 @@ def save_checkpoint(run) -> Path | None:
     else:
         trainable, optimizer_state = run.params, (run.optimizer.state_dict() if run.info.is_main else None)
     if run.info.is_main:
-        loop_state = dict(run.state) | {"fingerprint": fingerprint(run.cfg, run.info)}
-        path = checkpointing.save_checkpoint(Path(run.cfg.output_dir) / "checkpoints", run.state["step"],
+        loop_state = run.state.to_dict() | {"fingerprint": fingerprint(run.cfg, run.info)}
+        path = checkpointing.save_checkpoint(Path(run.cfg.output_dir) / "checkpoints", run.state.step,
                                              trainable=trainable, optimizer_state=optimizer_state,
                                              loop_state=loop_state, rng_per_rank=rng_all, keep=run.cfg.keep_checkpoints)
         run.log.info(f"checkpoint written: {path}")
@@ -460,7 +442,7 @@ def versions() -> dict:
             "peft": peft.__version__, "safetensors": safetensors.__version__, "numpy": np.__version__}
 
 
-def write_training_args(run, finished: bool, extra: dict | None = None) -> None:
+def write_training_args(run: Run, finished: bool, extra: dict | None = None) -> None:
     cfg = run.cfg
     data_dir = Path(cfg.data_dir)
     record = dataclasses.asdict(cfg) | {
@@ -480,11 +462,11 @@ def write_training_args(run, finished: bool, extra: dict | None = None) -> None:
     path.write_text(json.dumps(record, indent=1, default=str))
 
 
-def finish(run) -> None:
+def finish(run: Run) -> None:
     cfg, log = run.cfg, run.log
     eval_loss = evaluate(run)
-    log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state['eval_loss_before']:.4f})")
-    log.metrics({"kind": "eval", "step": run.state["step"], "eval_loss": eval_loss})
+    log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state.eval_loss_before:.4f})")
+    log.metrics({"kind": "eval", "step": run.state.step, "eval_loss": eval_loss})
     save_checkpoint(run)
     # Under FSDP each process holds a shard: gather the whole adapter (a collective) for peft to write.
     adapter = {"state_dict": checkpointing.gather_full_trainable(run.model)} if run.fsdp is not None else {}
@@ -495,14 +477,12 @@ def finish(run) -> None:
         template = Path(cfg.chat_template_path) if cfg.phase == "sft" else Path(cfg.model_path) / "chat_template.jinja"
         if template.is_file():
             (out / "chat_template.jinja").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
-        from train.export import export_merged, export_vlm_adapter
-        from train.model_loading import read_text_config
         exports = {}
         if read_text_config(cfg.model_path)[1] == "mistral3":
             exports["vlm_adapter"] = str(export_vlm_adapter(out))
         write_training_args(run, finished=True, extra={"exports": exports,
-            "result": {"steps": run.state["step"], "skipped_steps": run.state["skipped_steps"],
-                       "eval_loss_before": run.state["eval_loss_before"], "eval_loss_after": eval_loss,
+            "result": {"steps": run.state.step, "skipped_steps": run.state.skipped_steps,
+                       "eval_loss_before": run.state.eval_loss_before, "eval_loss_after": eval_loss,
                        "wall_s": round(time.time() - run.started, 1)}})
         if cfg.merge:
             merged = export_merged(out, json.loads((out / "training_args.json").read_text()))
@@ -513,19 +493,10 @@ def finish(run) -> None:
 
 # --------------------------------------------------------------------------------------------- main
 
-def user_errors() -> tuple[type[Exception], ...]:
-    from contract.prompt import PromptContractError
-    from train.batching import DataError
-    from train.masking import StrictMaskingError
-    from train.model_loading import CheckpointError
-    return (ConfigError, TrainingAborted, checkpointing.CheckpointCorrupt, CheckpointError, DataError,
-            PromptContractError, StrictMaskingError)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--replay" in argv:
-        return forensics.replay_main(argv)
+        return forensics.main(argv)
     cfg = parse_args(argv)
     try:
         validate_args(cfg, torch.cuda.is_available())
@@ -537,13 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = distributed.init("cuda" if cfg.device.startswith("cuda") or
                                 (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-        device = resolve_device(cfg, info)
+        device = resolve_device(cfg.device, info.local_rank)
         run = setup(cfg, info, device)
         fit(run)
         if not run.stopped_early:
             finish(run)
         return 0
-    except user_errors() as e:
+    except UserError as e:
         # Errors with a message meant for the user: no traceback, just what and where, and exit 1.
         (run.log if run else RunLog(None, info.rank, info.world_size)).error(str(e))
         return 1

@@ -1,4 +1,4 @@
-"""Assistant-only labels from the training template's `{% generation %}` blocks (DESIGN §2).
+"""Assistant-only labels from the training template's `{% generation %}` blocks (docs/contracts.md).
 
 The template decides what is supervised; this module only measures where it said so. A conversation is
 rendered once (jinja2 sandbox, a small extension that marks each generation block in the output),
@@ -17,16 +17,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 from jinja2 import TemplateError, nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from contract.errors import UserError
 from contract.reasoning import parse_assistant
-from contract.tokens import (CONTROL_TOKEN_IDS, EOS_ID, NUM_CONTROL_SLOTS, THINK_CLOSE_ID, THINK_OPEN_ID)
-
-IGNORE_INDEX = -100
+from contract.tokens import (CONTROL_TOKEN_IDS, EOS_ID, IGNORE_INDEX, NUM_CONTROL_SLOTS, THINK_CLOSE_ID,
+                             THINK_OPEN_ID)
 
 # Strict-masking failure codes (stable strings, used in reports and tests).
 NO_GENERATION_BLOCKS = "no_generation_blocks"
@@ -83,7 +82,7 @@ class Finding:
         return f"[{self.example_id}] {self.code}: {self.message}"
 
 
-class StrictMaskingError(ValueError):
+class StrictMaskingError(UserError):
     """Raised before training when strict assistant-only loss finds problems; lists example ids and reasons."""
 
     def __init__(self, findings: list[Finding], n_examples: int | None = None):
@@ -97,6 +96,10 @@ class StrictMaskingError(ValueError):
         if len(self.findings) > _MAX_LISTED:
             lines.append(f"  ... and {len(self.findings) - _MAX_LISTED} more ({len(self.findings)} in total)")
         super().__init__("\n".join([head, *lines]))
+
+
+class TemplateNotFound(UserError, FileNotFoundError):
+    pass
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -143,7 +146,7 @@ def _compile(template: str):
 def read_template(path) -> str:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: chat template not found")
+        raise TemplateNotFound(f"{path}: chat template not found")
     return path.read_text(encoding="utf-8")
 
 
@@ -434,19 +437,3 @@ def _encode_row(row, example_id, tokenizer, template, max_length, strict, drop_o
                                    f"no supervised token is left after truncation to max_length {max_length}"))
             return None, []
     return enc, []
-
-
-def rows_from_jsonl(path) -> Iterable[dict]:
-    """Rows of an SFT file; a broken line is reported with its file and line number."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object with 'id' and 'messages'")
-            yield row

@@ -1,9 +1,10 @@
-"""Load the tokenizer and the text model from a Ministral 3 folder (VLM or text-only checkpoint).
+"""The released model folder: its tokenizer, its language-model config and weights, and their names.
 
-Two failure modes this module exists to prevent:
+Reads a Ministral 3 folder in the VLM layout (as released) or the text-only one (docs/model.md). Two failure
+modes this module exists to prevent:
 - transformers 5 may route Mistral repositories to MistralCommonBackend, which ignores Jinja templates,
   returns no assistant mask and encodes a literal "[THINK]" as text: we load the tokenizers backend
-  explicitly and assert the control-token ids (DESIGN §1).
+  explicitly and assert the control-token ids.
 - from_pretrained on the wrong class silently returns random weights: we read the language-model tensors
   ourselves with safetensors, never touch the vision tower, and fail if any text-model tensor is missing.
 """
@@ -14,17 +15,47 @@ from pathlib import Path
 
 import torch
 
-from contract.tokens import CONTROL_TOKEN_IDS, THINK_OPEN, THINK_OPEN_ID
+from contract.errors import UserError
+from contract.tokens import BOS_ID, CONTROL_TOKEN_IDS, EOS_ID, PAD_ID, THINK_OPEN, THINK_OPEN_ID
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """The model folder is not a usable Ministral 3 checkpoint; the message says which file and why."""
 
 
-# Only the language model's attention and MLP projections get LoRA; the pattern is anchored so the
-# Pixtral tower (attention.q_proj, feed_forward.*) and the projector never match, whichever class is loaded.
-LORA_TARGET_REGEX = (r"^(?:base_model\.model\.)?model\.(?:language_model\.)?layers\.\d+\."
-                     r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))$")
+# The language model's linear projections, by the submodule that holds them in each decoder layer.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # in self_attn
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")            # in mlp
+LINEAR_PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
+
+# The released text_config's rope layout: yarn x16 over 16384 original positions, plus Llama-4 query scaling.
+ROPE_PARAMETERS = {
+    "rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16384,
+    "max_position_embeddings": 262144, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
+    "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1,
+}
+# Ministral 3 8B's text_config (docs/model.md); the stand-in and the 8B-shape builds scale from it.
+TEXT_CONFIG_8B = dict(hidden_size=4096, num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=14336, vocab_size=131072, max_position_embeddings=262144,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu",
+                      bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+
+
+def lora_target_regex(targets) -> str:
+    """A peft target_modules regex for the named projections of the language model only.
+
+    Anchored on the decoder's layers so the Pixtral tower (attention.q_proj, feed_forward.*) and the projector
+    never match, whichever class (text-only or VLM, wrapped by peft or not) is loaded.
+    """
+    names = [t.strip() for t in (targets.split(",") if isinstance(targets, str) else targets) if t.strip()]
+    unknown = sorted(set(names) - set(LINEAR_PROJECTIONS))
+    if unknown or not names:
+        raise ValueError(f"--lora-targets: unknown or no projection(s) {unknown}; choose from "
+                         f"{', '.join(LINEAR_PROJECTIONS)}")
+    groups = [(module, [n for n in LINEAR_PROJECTIONS if n in names and n in group])
+              for module, group in (("self_attn", ATTENTION_PROJECTIONS), ("mlp", MLP_PROJECTIONS))]
+    alternatives = "|".join(f"{module}\\.(?:{'|'.join(chosen)})" for module, chosen in groups if chosen)
+    return rf"^(?:base_model\.model\.)?model\.(?:language_model\.)?layers\.\d+\.(?:{alternatives})$"
 
 
 def load_tokenizer(model_dir: str | Path):

@@ -1,6 +1,6 @@
 """The whole product in one command: model -> data -> DAPT -> SFT (on top of DAPT) -> post-training checks.
 
-    ./run.sh            (python -m train.flow)
+    ./run.sh            (python -m train.tools.flow)
 
 With the real checkpoint in models/Ministral-3-8B-Thinking the phases run with the recipe defaults.
 Without it, the tiny local model is built and the phases run with the tiny preset below: a few minutes
@@ -15,16 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from train.config import DEFAULT_MODEL_PATH
+from train.device import default_precision, resolve_device
 
-REAL_MODEL = Path("models/Ministral-3-8B-Thinking")
 TINY_MODEL = Path("models/tiny-ministral3")
 
 # The tiny preset: the recipe's structure (LoRA, assistant-only strict loss, packing on/off) with sizes
 # and step counts for a 5M-parameter random-weight model on a 2-core CPU, sized so the whole flow takes
 # under 10 minutes. LoRA r64 (a quarter of the hidden size) and a 150x higher lr than the 8B recipe: a
-# random model has everything to learn and 900 steps to do it in; an r64 step is ~25% cheaper than a
-# full-rank r256 one at 3 layers, which is what makes 900 steps fit (docs/recipe.md, "The tiny preset").
+# random model has everything to learn and 900 steps to do it in (docs/recipe.md, "The tiny preset").
 TINY_COMMON = ["--max-length", "1024", "--micro-batch-size", "16", "--grad-accum", "1", "--lora-r", "64",
                "--lora-alpha", "64", "--lora-dropout", "0.0", "--warmup-ratio", "0.05", "--eval-max-batches", "8",
                "--log-interval", "5"]
@@ -38,15 +37,9 @@ def banner(text: str) -> None:
     print(f"\n{line}\n{text}\n{line}", flush=True)
 
 
-def cpu_has_native_bf16() -> bool:
-    # Without AVX512-BF16/AMX, bf16 matmuls are emulated and several times slower than fp32.
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="run.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", default=str(REAL_MODEL))
+    ap.add_argument("--model-path", default=DEFAULT_MODEL_PATH)
     ap.add_argument("--raw-dir", default="data/raw")
     ap.add_argument("--data-dir", default="data/processed")
     ap.add_argument("--models-dir", default="models")
@@ -60,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.build import main as data_main
     from train.main import main as train_main
-    from train.post_checks import main as check_main
-    from train.tiny_model import build as build_tiny
+    from train.tools.post_checks import main as check_main
+    from train.tools.tiny_model import main as tiny_main
 
     t0 = time.perf_counter()
     times: dict[str, float] = {}
@@ -71,17 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(a.models_dir) / TINY_MODEL.name
         banner(f"NO MODEL FOUND at {a.model_path}: building the TINY LOCAL MODEL in {model} (random weights).\n"
                f"This run demonstrates the whole flow on CPU; it does not make a useful C64 assistant.\n"
-               f"Put the downloaded Ministral-3-8B Reasoning checkpoint in {REAL_MODEL} for the real run.")
-        build_tiny(model)
+               f"Put the downloaded Ministral-3-8B Reasoning checkpoint in {DEFAULT_MODEL_PATH} for the real run.")
+        if tiny_main(["--out", str(model)]) != 0:
+            banner("[flow] building the tiny local model FAILED; the messages above say why.")
+            return 1
     times["model"] = time.perf_counter() - t0
 
-    device_is_cpu = not torch.cuda.is_available()
-    precision = "bf16" if not device_is_cpu or cpu_has_native_bf16() else "fp32"
+    precision = default_precision(resolve_device("auto"))
     if precision == "fp32":
         print("[flow] this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32, which is faster here")
     dapt_out, sft_out = Path(a.models_dir) / "fine-tuned-dapt", Path(a.models_dir) / "fine-tuned-sft"
     dapt_dir, sft_dir = Path(a.data_dir) / "dapt", Path(a.data_dir) / "sft"
-    common = (["--model-path", str(model), "--precision", precision, "--use-lora"] + (TINY_COMMON if tiny else [])
+    common = (["--model-path", str(model), "--precision", precision] + (TINY_COMMON if tiny else [])
               + (["--seed", str(a.seed)] if a.seed is not None else []))
 
     stages = [
@@ -90,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         ("dapt", train_main, ["--phase", "dapt", "--dapt-dir", str(dapt_dir), "--output-dir", str(dapt_out)]
          + common + (TINY_DAPT if tiny else []) + (["--max-steps", str(a.dapt_steps)] if a.dapt_steps else [])),
         ("sft", train_main, ["--phase", "sft", "--sft-dir", str(sft_dir), "--output-dir", str(sft_out),
-                             "--assistant-only-loss", "--strict-assistant-only-loss", "--no-packing",
-                             "--chat-template-path", "templates/mistral3_chat_template_assistant_mask.jinja",
                              "--base-adapter", str(dapt_out)]
          + common + (TINY_SFT if tiny else []) + (["--max-steps", str(a.sft_steps)] if a.sft_steps else [])),
         ("check", check_main, ["--run-dir", str(sft_out), "--limit", str(a.check_limit),

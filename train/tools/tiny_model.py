@@ -1,10 +1,10 @@
-"""Build the tiny local Ministral 3 checkpoint (DESIGN §5).
+"""Build the tiny local Ministral 3 checkpoint: the stand-in model of the default run (docs/model.md).
 
 Same classes, config layout, on-disk key names, control-token ids and file set as the released
 Ministral-3-8B Reasoning checkpoint, scaled down so the whole default flow runs on 2 CPU cores.
 Deterministic: the same seed and the same sample corpus give byte-identical files.
 
-    python -m train.tiny_model --out models/tiny-ministral3 [--text-only] [--seed 0]
+    python -m train.tools.tiny_model --out models/tiny-ministral3 [--text-only] [--seed 0]
 """
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "raw"
+from contract.prompt import STAND_IN_SYSTEM_PROMPT
+from contract.tokens import (BOS_ID, CONTROL_TOKEN_IDS, EOS_ID, NUM_CONTROL_SLOTS, OTHER_CONTROL_TOKEN_IDS,
+                             PAD_ID)
+from train.config import PROJECT_ROOT
+from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
 
-# Control-token slots 0..999 as in Tekken; the ids named here are the real ones (DESIGN §1).
-NAMED_CONTROL_TOKENS = {
-    0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 9: "[TOOL_CALLS]", 10: "[IMG]",
-    11: "<pad>", 12: "[IMG_BREAK]", 13: "[IMG_END]", 17: "[SYSTEM_PROMPT]", 18: "[/SYSTEM_PROMPT]",
-    34: "[THINK]", 35: "[/THINK]",
-}
-NUM_CONTROL_SLOTS = 1000
+SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "raw"
 
 # Tekken splits text with this tiktoken-style pattern before byte-level BPE.
 TEKKEN_PRETOKENIZE_REGEX = (
@@ -33,37 +30,19 @@ TEKKEN_PRETOKENIZE_REGEX = (
     r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Real text_config rope layout (DESIGN §1): yarn x16 over 16384 original positions + Llama-4 scaling.
-REAL_ROPE_PARAMETERS = {
-    "rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16384,
-    "max_position_embeddings": 262144, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
-    "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1,
-}
-
 # Small enough to train in minutes on 2 cores. Depth is what the format needs: the model must know whether
-# it already wrote this turn's [/THINK] (the system prompt holds a literal [THINK]..[/THINK] too), and at 2
-# layers it mostly guessed from how the last sentence read. 3 layers of 4 heads x 64 with LoRA r64 passed the
-# contract in 3 of 8 seeds and averaged 75%; no 2-layer run out of 12 reached 90% (docs/recipe.md,
-# "The tiny preset", has the seed table).
+# it already wrote this turn's [/THINK] (the system prompt holds a literal [THINK]..[/THINK] too), which
+# 2 layers mostly guessed from how the last sentence read (docs/recipe.md, "The tiny preset").
 TINY_TEXT = dict(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=64, intermediate_size=768, vocab_size=4096)
 # Weight init std. With transformers' usual 0.02 the frozen random lm_head rows are so short that even a
-# perfectly aligned hidden state cannot push one logit far above the others (loss floor ~3.3 nats at
-# vocab 4096), and LoRA, which never touches lm_head, cannot fix that. 0.1 removes the floor.
+# perfectly aligned hidden state cannot push one logit far above the others (a loss floor of several
+# nats), and LoRA, which never touches lm_head, cannot fix that. 0.1 removes the floor.
 TINY_INIT_STD = 0.1
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                    head_dim=16, image_size=64, patch_size=16)
 
-# Stand-in for the model folder's SYSTEM_PROMPT.txt: same form as the real one (an instruction to
-# think first, with a literal [THINK]...[/THINK] example), our own words.
-STAND_IN_SYSTEM_PROMPT = (
-    "Before you answer, work the problem out privately as an inner monologue, then write the reply. "
-    "Use the language of the question for both parts.\n\n"
-    "Lay your response out exactly like this:[THINK]Your rough working: notes, drafts, checks, as long "
-    "as you need until you are sure of the result.[/THINK]The final, self-contained answer for the user."
-)
-
-# Official-style Reasoning template (DESIGN §1): no newlines or role headers, default system prompt
+# Official-style Reasoning template (docs/model.md): no newlines or role headers, default system prompt
 # when none is given, thinking as inline text, as a "thinking" chunk or as reasoning_content.
 # No {% generation %} blocks: this is what the released checkpoint ships.
 OFFICIAL_STYLE_TEMPLATE = """{%- set default_system_message = @DEFAULT@ %}
@@ -122,7 +101,8 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [NAMED_CONTROL_TOKENS.get(i, f"<SPECIAL_{i}>") for i in range(NUM_CONTROL_SLOTS)]
+    named = {i: t for t, i in (CONTROL_TOKEN_IDS | OTHER_CONTROL_TOKEN_IDS).items()}
+    specials = [named.get(i, f"<SPECIAL_{i}>") for i in range(NUM_CONTROL_SLOTS)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(TEKKEN_PRETOKENIZE_REGEX), behavior="isolated"),
@@ -154,9 +134,8 @@ def build(out: str | os.PathLike, text_only: bool = False, seed: int = 0, raw_di
     if len(tok) > size["vocab_size"]:
         raise RuntimeError(f"tokenizer has {len(tok)} entries, more than vocab_size {size['vocab_size']}")
 
-    text_cfg = Ministral3Config(**size, max_position_embeddings=262144, rope_parameters=dict(REAL_ROPE_PARAMETERS),
-                                rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                                pad_token_id=11, hidden_act="silu", initializer_range=initializer_range)
+    text_cfg = Ministral3Config(**(TEXT_CONFIG_8B | size), rope_parameters=dict(ROPE_PARAMETERS),
+                                initializer_range=initializer_range)
     torch.manual_seed(seed)
     if text_only:
         text_cfg.architectures = ["Ministral3ForCausalLM"]
@@ -173,7 +152,7 @@ def build(out: str | os.PathLike, text_only: bool = False, seed: int = 0, raw_di
     tok.save_pretrained(out)
     (out / "chat_template.jinja").write_text(official_style_template(STAND_IN_SYSTEM_PROMPT), encoding="utf-8")
     (out / "SYSTEM_PROMPT.txt").write_text(STAND_IN_SYSTEM_PROMPT, encoding="utf-8")
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11, do_sample=True, temperature=0.7,
+    GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=True, temperature=0.7,
                      top_p=0.95, max_new_tokens=1024).save_pretrained(out)
     return out
 

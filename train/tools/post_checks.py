@@ -1,7 +1,7 @@
 """Post-training checks: is this run's output fit to use? Writes post_training_report.json and exits
 non-zero when any check fails.
 
-    python -m train.post_checks --run-dir models/fine-tuned-sft [--limit 64] [--threshold 0.9]
+    python -m train.tools.post_checks --run-dir models/fine-tuned-sft [--limit 64] [--threshold 0.9]
 
 Checks: artifacts present and loadable; training_args says assistant-only (and strict) loss was on (SFT);
 metrics finite and the run finished; validation loss after < before; the training template has
@@ -20,6 +20,9 @@ from pathlib import Path
 
 import torch
 
+from train.batching import read_jsonl
+from train.device import resolve_device
+
 REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_args.json",
             "metrics.jsonl", "train.log", "chat_template.jinja")
 
@@ -27,7 +30,7 @@ REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json"
 def load_trained_model(run_dir: Path, args: dict, device: torch.device):
     """Base model (+ merged lineage adapter) + this run's adapter, exactly as the run trained it."""
     from peft import PeftModel
-    from train.model_loading import load_text_model
+    from train.pretrained import load_text_model
 
     dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
     model = load_text_model(args["model_path"], dtype=dtype, device=device)
@@ -72,9 +75,8 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
                sft_dir: str | None = None) -> dict:
     from contract.prompt import check_rendered_prompt, read_model_system_prompt, system_prompt_for
     from contract.reasoning import validate_token_ids
-    from train.batching import read_jsonl
     from train.masking import has_generation_blocks, render_with_spans
-    from train.model_loading import load_tokenizer
+    from train.pretrained import load_tokenizer
 
     checks: list[dict] = []
 
@@ -93,7 +95,7 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
               args.get("strict_assistant_only_loss") is True,
               {"assistant_only_loss": args.get("assistant_only_loss"),
                "strict_assistant_only_loss": args.get("strict_assistant_only_loss")})
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     bad = [r["step"] for r in train if not all(math.isfinite(r[k]) for k in ("loss", "grad_norm"))
            and r["skipped_steps"] == 0]
@@ -149,7 +151,7 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="train.post_checks", description=__doc__,
+    ap = argparse.ArgumentParser(prog="train.tools.post_checks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True, help="output folder of a training run")
     ap.add_argument("--sft-dir", default=None, help="SFT data folder (default: the one the run trained on)")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    device = resolve_device(a.device)
     run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
         print(f"check: {run_dir}: no such run folder", file=sys.stderr)

@@ -1,14 +1,15 @@
-"""Speed and memory benchmark of the training step (DESIGN §6), printing figures, never pass/fail.
+"""Speed and memory benchmark of the training step, printing figures, never pass/fail (docs/performance.md).
 
-    python -m train.bench --preset cpu [--fixture DIR] [--trl-python PY] [--out FILE.json]
-    python -m train.bench --preset 8b  [--gradient-checkpointing] [--out FILE.json]      (needs a GPU)
+    python -m train.tools.bench --preset cpu [--fixture DIR] [--trl-python PY --trl-script FILE] [--out FILE.json]
+    python -m train.tools.bench --preset 8b  [--gradient-checkpointing] [--out FILE.json]      (needs a GPU)
 
 It drives the loop's own forward_backward() and AdamW step (train/main.py), so the figures are the
 loop's, not a re-implementation's. Presets:
-  cpu  the shapes of ../shared/bench's fixture: hidden 512, 8 layers, vocab 32768, seq <= 512,
-       micro-batch 2, accumulation 16, LoRA r16 on all projections. With --fixture, the fixture's own
-       model, tokenizer, template and conversations (what TRL's baseline trains on); with --trl-python,
-       TRL's SFTTrainer runs on the same fixture in a subprocess first and both are reported together.
+  cpu  the shapes of the team's bench fixture (a small Ministral-3-shaped model with its own tokenizer and
+       conversations, docs/performance.md): hidden 512, 8 layers, vocab 32768, seq <= 512, micro-batch 2,
+       accumulation 16, LoRA r16 on all projections. With --fixture, the fixture's own model, tokenizer,
+       template and conversations (what TRL's baseline trains on); with --trl-python and --trl-script, the
+       TRL SFTTrainer baseline script runs on the same fixture in a subprocess first and both are reported.
   8b   the real Ministral 3 8B text shapes with random bf16 weights, seq 2048, micro-batch 2, LoRA r16.
 Reports: trained (supervised) tokens/s, all tokens/s, padding share, step time, MFU against a matmul peak
 measured on the spot (before and after the steps, the higher one), and peak memory (CUDA max allocated, or
@@ -26,24 +27,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
 import torch
 
+from contract.tokens import IGNORE_INDEX
 from train import distributed
-from train.batching import Row, collate, epoch_plan
+from train.attention import set_attention
+from train.batching import Row, collate, epoch_plan, read_jsonl
 from train.config import TrainConfig
+from train.device import default_precision, resolve_device
 from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
 from train.lora_dropout import use_lane_mask_dropout
+from train.lora_model import attach_lora
 from train.main import forward_backward
+from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
+from train.run_log import RunLog
+from train.state import Run
 
+# The bench fixture's model as shapes.
 CPU_SHAPES = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
                   intermediate_size=1536, vocab_size=32768)
-B8_SHAPES = dict(hidden_size=4096, num_hidden_layers=34, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                 intermediate_size=14336, vocab_size=131072)
 PRESETS = {
     "cpu": dict(shapes=CPU_SHAPES, max_length=512, micro_batch=2, accum=16, steps=8),
-    "8b": dict(shapes=B8_SHAPES, max_length=2048, micro_batch=2, accum=16, steps=4),
+    "8b": dict(shapes=TEXT_CONFIG_8B, max_length=2048, micro_batch=2, accum=16, steps=4),
 }
 
 
@@ -51,9 +56,7 @@ def random_text_model(shapes: dict, dtype: torch.dtype, device: torch.device):
     """A Ministral3ForCausalLM with the real rope layout and random weights, built directly on the device."""
     from transformers import Ministral3Config, Ministral3ForCausalLM
 
-    from train.tiny_model import REAL_ROPE_PARAMETERS
-    cfg = Ministral3Config(**shapes, rope_parameters=dict(REAL_ROPE_PARAMETERS), tie_word_embeddings=False,
-                           max_position_embeddings=262144, rms_norm_eps=1e-5)
+    cfg = Ministral3Config(**(TEXT_CONFIG_8B | shapes), rope_parameters=dict(ROPE_PARAMETERS))
     torch.manual_seed(0)
     with torch.device(device):
         model = Ministral3ForCausalLM(cfg).to(dtype)
@@ -69,8 +72,7 @@ def fixture_rows(fixture: Path, tokenizer, max_length: int) -> list[Row]:
     """
     from train.masking import encode_dataset
     template = (fixture / "chat_template.jinja").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in (fixture / "data" / "train.jsonl").read_text().splitlines() if line.strip()]
-    rows = [{"id": str(r["id"]), "messages": r["messages"]} for r in rows]
+    rows = [{"id": str(r["id"]), "messages": r["messages"]} for r in read_jsonl(fixture / "data" / "train.jsonl")]
     encoded, _ = encode_dataset(rows, tokenizer, template, max_length=max_length, strict=False, progress=False)
     return [Row(e.example_id, e.input_ids, e.labels) for e in encoded]
 
@@ -83,12 +85,11 @@ def synthetic_rows(n: int, max_length: int, vocab: int, seed: int = 0) -> list[R
         length = max_length if max_length >= 2048 else rng.randint(max_length // 4, max_length)
         prompt = length // 2
         ids = [rng.randrange(1000, vocab) for _ in range(length)]
-        rows.append(Row(f"syn-{i}", ids, [-100] * prompt + ids[prompt:]))
+        rows.append(Row(f"syn-{i}", ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return rows
 
 
-def run_trl(python: str, fixture: Path, steps: int, precision: str) -> dict:
-    script = Path(__file__).resolve().parents[2] / "shared" / "bench" / "trl_baseline.py"
+def run_trl(python: str, script: Path, fixture: Path, steps: int, precision: str) -> dict:
     cmd = [python, str(script), "--fixture", str(fixture), "--max-steps", str(steps), "--precision", precision,
            "--output-dir", str(fixture.parent / "trl_baseline_out")]
     print(f"[bench] TRL baseline: {' '.join(cmd)}", flush=True)
@@ -118,7 +119,6 @@ def peak_rss_mib(reset_worked: bool) -> tuple[float, str]:
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
           device: torch.device, group_by_length: bool = True, compile: bool = False,
           stock_dropout: bool = False, attention: str = "auto") -> dict:
-    from train.modeling import attach_lora, set_attention
     # Under --repeat the runs share a process; the CPU peak must cover this run, model load included, only.
     rss_reset = device.type == "cpu" and reset_peak_rss()
     p = PRESETS[preset]
@@ -127,7 +127,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     if fixture:
         from transformers import PreTrainedTokenizerFast
 
-        from train.model_loading import load_text_model
+        from train.pretrained import load_text_model
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(fixture / "model"))
         base = load_text_model(fixture / "model", dtype=dtype, device=device)
         rows = fixture_rows(fixture, tokenizer, p["max_length"])
@@ -146,7 +146,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     model.train()
     params = {n: prm for n, prm in model.named_parameters() if prm.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, fused=device.type == "cuda")
-    run = SimpleNamespace(cfg=cfg, info=distributed.DistInfo(), device=device, model=model, params=params, fsdp=None)
+    run = Run(cfg=cfg, info=distributed.DistInfo(), device=device, log=RunLog(None), model=model, params=params,
+              optimizer=optimizer)
 
     # The loop's own epoch plan: with --group-by-length (the SFT recipe's default) rows of similar length
     # share a micro-batch; without it, the fixture's order as a sequential sampler would give it.
@@ -157,8 +158,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     micro = [[rows[i] for i in mb] for mb in plan]
     windows = [micro[i:i + p["accum"]] for i in range(0, len(micro), p["accum"])][:steps]
     # The MFU denominator is measured before and after the steps and the higher one is used: on a shared
-    # machine a single measurement taken in a slow minute (203-425 GFLOP/s seen on the 2-core VM) would
-    # overstate the MFU of the run.
+    # machine a single measurement taken in a slow minute would overstate the MFU of the run.
     peaks = [measure_matmul_peak(device, dtype)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -244,10 +244,14 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="train.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="train.tools.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    ap.add_argument("--fixture", type=Path, default=None, help="fixture folder from ../shared/bench/make_fixture.py")
+    ap.add_argument("--fixture", type=Path, default=None,
+                    help="bench fixture folder (model/, data/train.jsonl, chat_template.jinja)")
     ap.add_argument("--trl-python", default=None, help="python with trl installed: run TRL's baseline first, same fixture")
+    ap.add_argument("--trl-script", type=Path, default=None,
+                    help="the TRL SFTTrainer baseline script that --trl-python runs (prints its figures as JSON)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 on GPU or on a CPU with native bf16, else fp32")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    device = resolve_device(a.device)
     if a.preset == "8b" and device.type != "cuda":
         print("bench: the 8b preset needs a GPU (16 GiB of bf16 weights and ~TFLOPs per step); "
               "use --preset cpu here", file=sys.stderr)
@@ -272,20 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.repeat < 1:
         print(f"bench: --repeat must be >= 1, got {a.repeat}", file=sys.stderr)
         return 2
-    if a.trl_python and not a.fixture:
-        print("bench: --trl-python needs --fixture (TRL trains on the fixture)", file=sys.stderr)
+    if a.trl_python and not (a.fixture and a.trl_script and a.trl_script.is_file()):
+        print("bench: --trl-python needs --fixture (TRL trains on the fixture) and --trl-script FILE (the baseline "
+              "script)", file=sys.stderr)
         return 2
-    precision = a.precision
-    if precision == "auto":
-        from train.flow import cpu_has_native_bf16
-        precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
-    # One run of either side moves by +-15% on a shared VM, so --repeat alternates TRL and ours N times and
-    # summarises the spread instead of trusting one pair.
+    precision = default_precision(device) if a.precision == "auto" else a.precision
+    # One run of either side moves by several percent on a shared VM, so --repeat alternates TRL and ours N
+    # times and summarises the spread instead of trusting one pair.
     runs = []
     for _ in range(a.repeat):
         run = {}
         if a.trl_python:
-            run["trl"] = run_trl(a.trl_python, a.fixture, a.steps or PRESETS[a.preset]["steps"], precision)
+            run["trl"] = run_trl(a.trl_python, a.trl_script, a.fixture, a.steps or PRESETS[a.preset]["steps"],
+                                 precision)
         run["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device,
                             a.group_by_length, a.compile, a.stock_dropout, a.attention)
         if "trl" in run:
@@ -297,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         print_run(run, len(runs) + 1, a.repeat)
         runs.append(run)
-        # Free this run's model before the next loads. The process still keeps ~700 MiB between runs (torch,
-        # oneDNN and allocator state), so runs after the first read 100-350 MiB higher than a fresh process.
+        # Free this run's model before the next loads. The process keeps some torch, oneDNN and allocator state
+        # between runs, so later runs read a little higher than a fresh process (docs/performance.md).
         gc.collect()
     report = {"runs": runs, "summary": summarise(runs)}
     if a.repeat > 1:

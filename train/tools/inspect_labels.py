@@ -1,6 +1,6 @@
 """Show what the SFT loss will train on: per example, input_ids, labels and the supervised spans.
 
-    python -m train.inspect_labels --model-path M --sft-dir D [--split train]
+    python -m train.tools.inspect_labels --model-path M --sft-dir D [--split train]
         [--chat-template-path templates/mistral3_chat_template_assistant_mask.jinja] [--limit N] [--out FILE.jsonl]
 
 Supervised tokens stand out in the terminal view (colour on a terminal, ⟦…⟧ otherwise). The same strict
@@ -9,23 +9,25 @@ checks as training run first; any finding is printed and the command exits with 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
 
-from contract.prompt import PromptContractError, read_model_system_prompt
-from train.masking import (StrictMaskingError, encode_dataset, read_template, rows_from_jsonl)
+from contract.errors import UserError
+from contract.prompt import read_model_system_prompt
+from contract.tokens import IGNORE_INDEX
+from train.batching import read_jsonl
+from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
+from train.masking import StrictMaskingError, encode_dataset, read_template
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = PROJECT_ROOT / "templates" / "mistral3_chat_template_assistant_mask.jinja"
+DEFAULT_TEMPLATE = PROJECT_ROOT / DEFAULT_TEMPLATE_PATH
 
 _GREEN_BOLD, _DIM, _RESET = "\033[1;32m", "\033[2m", "\033[0m"
 _OPEN_BRACKET, _CLOSE_BRACKET = "⟦", "⟧"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="train.inspect_labels", description=__doc__,
+    ap = argparse.ArgumentParser(prog="train.tools.inspect_labels", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", required=True, help="model folder (tokenizer.json, SYSTEM_PROMPT.txt)")
     ap.add_argument("--sft-dir", required=True, help="folder holding {split}.jsonl SFT rows")
@@ -44,7 +46,7 @@ def example_record(enc, tokenizer) -> dict:
     spans = [{"token_start": a, "token_end": b, "n_tokens": b - a,
               "text": tokenizer.decode(enc.input_ids[a:b], skip_special_tokens=False)}
              for a, b in enc.token_spans]
-    supervised = [i for i, label in zip(enc.input_ids, enc.labels) if label != -100]
+    supervised = [i for i, label in zip(enc.input_ids, enc.labels) if label != IGNORE_INDEX]
     return {"id": enc.example_id, "input_ids": enc.input_ids, "labels": enc.labels,
             "text": tokenizer.decode(enc.input_ids, skip_special_tokens=False),
             "supervised_spans": spans, "n_tokens": len(enc.input_ids), "n_supervised": len(supervised),
@@ -79,23 +81,21 @@ def _header(record: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from train.model_loading import CheckpointError, load_tokenizer
+    from train.pretrained import load_tokenizer
 
     data_file = Path(args.sft_dir) / f"{args.split}.jsonl"
     try:
         tokenizer = load_tokenizer(args.model_path)
         default_system = read_model_system_prompt(args.model_path)
         template = read_template(args.chat_template_path)
-        if not data_file.is_file():
-            raise FileNotFoundError(f"{data_file}: no such SFT file")
-        rows = list(itertools.islice(rows_from_jsonl(data_file), args.limit))
+        rows = read_jsonl(data_file, limit=args.limit)
         examples, summary = encode_dataset(rows, tokenizer, template, max_length=args.max_length,
                                            strict=not args.no_strict, default_system_message=default_system,
                                            progress=False)
     except StrictMaskingError as e:
         print(f"inspect: {data_file}: {e}", file=sys.stderr)
         return 1
-    except (CheckpointError, PromptContractError, FileNotFoundError, ValueError) as e:
+    except UserError as e:
         print(f"inspect: {e}", file=sys.stderr)
         return 2
 
