@@ -22,53 +22,10 @@ import torch
 
 from train.batching import read_jsonl
 from train.device import resolve_device
+from train.tools.generation import greedy_generations, load_for_inference, spread_sample
 
 REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_args.json",
             "metrics.jsonl", "train.log", "chat_template.jinja")
-
-
-def load_trained_model(run_dir: Path, args: dict, device: torch.device):
-    """Base model (+ merged lineage adapter) + this run's adapter, exactly as the run trained it."""
-    from peft import PeftModel
-    from train.pretrained import load_text_model
-
-    dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
-    model = load_text_model(args["model_path"], dtype=dtype, device=device)
-    if args.get("base_adapter"):
-        model = PeftModel.from_pretrained(model, args["base_adapter"]).merge_and_unload()
-    return PeftModel.from_pretrained(model, str(run_dir)).to(device).eval()
-
-
-def spread_sample(rows: list, limit: int) -> list:
-    """`limit` rows spread evenly over the file, in file order (all of them when there are fewer).
-
-    The data step writes each split grouped by source, so the first `limit` rows would test the first
-    tables only; an even spread keeps every source in proportion, and stays deterministic.
-    """
-    if len(rows) <= limit:
-        return rows
-    return [rows[i * len(rows) // limit] for i in range(limit)]
-
-
-def greedy_generations(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                       device: torch.device) -> list[list[int]]:
-    """Greedy continuations, left-padded batches; each result is cut after its first </s>."""
-    from contract.tokens import EOS_ID, PAD_ID
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(chunk):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-        for row in gen[:, width:].tolist():
-            out.append(row[:row.index(EOS_ID) + 1] if EOS_ID in row else row)
-    return out
 
 
 def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int, device: torch.device,
@@ -111,7 +68,8 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
         check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
 
     tokenizer = load_tokenizer(run_dir)
-    device_model = load_trained_model(run_dir, args, device)
+    dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
+    device_model = load_for_inference(args["model_path"], run_dir, device, dtype)
     check("adapter_loads_with_peft", True, {"adapter": str(run_dir / "adapter_model.safetensors")})
     report = {"run_dir": str(run_dir), "phase": phase, "checks": checks}
     if phase != "sft":
@@ -134,7 +92,7 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
           {"prompts": len(rows), "failures": prompt_failures[:10]})
 
     t0 = time.perf_counter()
-    generations = greedy_generations(device_model, tokenizer, prompts, max_new_tokens, 16, device)
+    generations = greedy_generations(device_model, prompts, max_new_tokens, 16, device)
     verdicts = [validate_token_ids(g, tokenizer) for g in generations]
     passed = sum(v.ok for v in verdicts)
     rate = passed / max(1, len(verdicts))
