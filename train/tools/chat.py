@@ -48,7 +48,7 @@ class TurnPrinter(BaseStreamer):
         self.section: str | None = None  # None before the first token, then "reasoning", "answer", "done"
         self._pending: list[int] = []    # this section's ids
         self._shown = ""                 # this section's text printed so far
-        self._prompt_skipped = False
+        self._prompt_skipped = self._ended = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_skipped:  # generate() hands over the prompt first
@@ -58,6 +58,10 @@ class TurnPrinter(BaseStreamer):
             self._token(token)
 
     def end(self) -> None:
+        """Called by generate() when the turn is over (and by Chat.ask, in case it was not)."""
+        if self._ended:
+            return
+        self._ended = True
         self._show(final=True)
         self._style("")
         self.out.write("\n")
