@@ -117,6 +117,14 @@ def test_interactive_reads_messages_until_exit(sft_on_dapt, tiny_model_dir, caps
     assert out.count("!! reasoning-contract violation:") == 2  # two turns generated, each checked
 
 
+def test_an_exported_vlm_adapter_is_refused_rather_than_loaded_as_a_no_op(sft_on_dapt, tmp_path, capsys):
+    from train.export import export_vlm_adapter
+    _, sft = sft_on_dapt
+    exported = export_vlm_adapter(sft, tmp_path)
+    assert chat_main(["--adapter", str(exported), "--prompt", "hi", "--device", "cpu"]) == 1
+    assert "under the VLM's module names" in capsys.readouterr().err
+
+
 def test_sampling_settings_come_from_generation_config(tiny_model_dir, tmp_path, capsys):
     configured = json.loads((tiny_model_dir / "generation_config.json").read_text())
     assert generation_settings(tiny_model_dir, False, 7) == {"max_new_tokens": 7, "do_sample": False}

@@ -26,6 +26,7 @@ from contract.reasoning import Verdict, validate_token_ids
 from contract.tokens import EOS_ID, PAD_ID, THINK_CLOSE_ID, THINK_OPEN_ID
 from train.config import DEFAULT_MODEL_PATH
 from train.device import resolve_device
+from train.export import VLM_DECODER
 from train.pretrained import load_tokenizer
 from train.tools.generation import adapter_lineage, load_for_inference
 
@@ -158,6 +159,21 @@ def generation_settings(model_path: Path, sample: bool, max_new_tokens: int) -> 
     return settings | {"do_sample": True} | {k: configured[k] for k in SAMPLING_FIELDS if k in configured}
 
 
+def check_adapter(path: Path) -> None:
+    """A training run's adapter, under the text model's names: chat loads the text model, on which an adapter
+    under the VLM's names (an exported vlm_adapter/) would find no module and change nothing."""
+    from safetensors import safe_open
+
+    weights = path / "adapter_model.safetensors"
+    if not (path / "adapter_config.json").is_file() or not weights.is_file():
+        raise UserError(f"--adapter {path}: no adapter_config.json / adapter_model.safetensors there; pass a "
+                        "training run's output folder")
+    with safe_open(str(weights), framework="pt") as f:
+        if any(VLM_DECODER in key for key in f.keys()):
+            raise UserError(f"--adapter {path}: an adapter under the VLM's module names (an exported vlm_adapter/); "
+                            "pass the training run's folder, or the merged export as --model-path")
+
+
 def interactive(chat: Chat, inp: TextIO, out: TextIO) -> None:
     out.write("One message per line; /reset starts over, /exit quits.\n")
     while True:
@@ -195,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = sys.stdout
     try:
-        if a.adapter is not None and not (Path(a.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"--adapter {a.adapter}: no adapter_config.json there; pass a training run's output folder")
+        if a.adapter is not None:
+            check_adapter(Path(a.adapter))
         model_path = Path(a.model_path or (adapter_lineage(a.adapter).get("model_path") if a.adapter else None)
                           or DEFAULT_MODEL_PATH)
         template_path = model_path / "chat_template.jinja"
