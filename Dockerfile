@@ -3,6 +3,7 @@
 # Training image: CUDA-enabled PyTorch, the project installed, run.sh as the entry point.
 #   docker compose build
 #   docker compose run --rm trainer ./run.sh --phase sft ...     (see compose.yaml)
+#   docker compose run --rm trainer bash scripts/container/train.sh --phase sft ...   (the seed playbook's form)
 #
 # Base image: plain Python slim, not nvidia/cuda. The PyPI wheel of torch==2.13.0 for Linux x86_64
 # already brings its whole CUDA 13.0 user space as pip packages (cuda-toolkit 13.0.3, cuDNN 9.20,
@@ -54,5 +55,9 @@ COPY --chown=trainer:trainer . .
 RUN ./run.sh setup \
  && test -s "${VENV}/.setup-stamp" \
  && python -c "import torch, transformers, peft, train, contract"
+# The seed playbook's paths, made here rather than as a top-level folder of the repository:
+# scripts/container/train.sh (hands its arguments to run.sh) and scripts/templates (a link to templates/).
+# tests/test_container.py runs this same step on a copy of the build context, then the playbook's commands.
+RUN python -m train.tools.image_layout /app
 
 CMD ["./run.sh"]

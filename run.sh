@@ -25,6 +25,10 @@ Usage: ./run.sh [VERB] [FLAGS...]
   ./run.sh inspect --model-path M --sft-dir D [--chat-template-path T] [--limit N] [--out FILE.jsonl]
                                     show input_ids / labels / supervised spans per SFT example
   ./run.sh check --run-dir DIR      post-training checks -> DIR/post_training_report.json
+  ./run.sh chat --model-path M [--adapter RUN_DIR] [--prompt TEXT]
+                                    talk to a model (interactive, or one answer with --prompt)
+  ./run.sh export RUN_DIR [--merge] [--out DIR]
+                                    vlm_adapter/ (lineage included) and, with --merge, a merged model folder
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
 
@@ -64,6 +68,8 @@ case "$verb" in
   data)        shift; exec "$PY" -m data.build "$@" ;;
   inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
+  chat)        shift; exec "$PY" -m train.tools.chat "$@" ;;
+  export)      shift; exec "$PY" -m train.tools.export_run "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;

@@ -47,3 +47,28 @@ def lora_model(model_dir, phase: str = "sft", seed: int = 0, **overrides):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return model
+
+
+@pytest.fixture(scope="session")
+def sft_on_dapt(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(DAPT run, SFT run trained on top of it) on the tiny VLM: one CPU step each at a high learning rate, so
+    both adapters visibly change the logits. Different ranks and targets, as a lineage may have."""
+    from data.build import main as data_main
+    from train.main import main as train_main
+    root = tmp_path_factory.mktemp("lineage")
+    assert data_main(["--raw-dir", str(PROJECT_ROOT / "data/raw"), "--out-dir", str(root / "processed"),
+                      "--model-path", str(tiny_model_dir), "--sft-max", "24"]) == 0
+    dapt_train = root / "processed/dapt/train.jsonl"  # two steps need a few documents, not the whole corpus
+    dapt_train.write_text("".join(dapt_train.read_text().splitlines(keepends=True)[:40]))
+    common = ["--model-path", str(tiny_model_dir), "--precision", "fp32", "--device", "cpu", "--grad-accum", "1",
+              "--lr", "1e-2", "--max-steps", "1", "--eval-max-batches", "1", "--lora-dropout", "0"]
+    dapt, sft = root / "dapt", root / "sft"
+    assert train_main(["--phase", "dapt", "--dapt-dir", str(root / "processed/dapt"), "--output-dir", str(dapt),
+                       "--max-length", "128", "--micro-batch-size", "2", "--lora-r", "8", "--lora-alpha", "16"]
+                      + common) == 0
+    assert train_main(["--phase", "sft", "--sft-dir", str(root / "processed/sft"), "--output-dir", str(sft),
+                       "--base-adapter", str(dapt), "--max-length", "1024", "--micro-batch-size", "1",
+                       "--lora-r", "4", "--lora-alpha", "8", "--lora-targets", "q_proj,v_proj,down_proj",
+                       "--chat-template-path", str(PROJECT_ROOT / "templates/mistral3_chat_template_assistant_mask.jinja")]
+                      + common) == 0
+    return dapt, sft

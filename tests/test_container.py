@@ -2,15 +2,20 @@
 
 What matters is what `docker compose run --rm trainer ./run.sh ...` relies on: a non-root image with the
 project's pinned requirements and run.sh's setup stamp already in place, a GPU reservation, and the
-models/ and data/ folders mounted where run.sh looks for them.
+models/ and data/ folders mounted where run.sh looks for them. The seed playbook's own form,
+`docker compose run --rm trainer bash scripts/container/train.sh ...`, is run here as the container would run
+it: in a copy of the build context laid out by the Dockerfile's own step.
 """
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +228,103 @@ def test_compose_cli_validates_and_renders():
     assert res.returncode == 0, res.stderr
     rendered = yaml.safe_load(res.stdout)["services"]["trainer"]
     assert rendered["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+# ------------------------------------------------------------------------- the seed playbook's commands
+
+LAYOUT_STEP = "python -m train.tools.image_layout"
+PLAYBOOK_TEMPLATE = "scripts/templates/mistral3_chat_template_assistant_mask.jinja"
+MODEL = "models/Ministral-3-8B-Thinking"
+# The README's phase commands as the playbook writes them, after `docker compose run --rm trainer`.
+PLAYBOOK = {
+    "dapt": ["bash", "scripts/container/train.sh", "--phase", "dapt", "--model-path", MODEL, "--dapt-dir",
+             "data/processed/dapt", "--output-dir", "models/fine-tuned-dapt", "--precision", "bf16", "--use-lora"],
+    "sft": ["bash", "scripts/container/train.sh", "--phase", "sft", "--model-path", MODEL, "--sft-dir",
+            "data/processed/sft", "--output-dir", "models/fine-tuned-sft", "--precision", "bf16",
+            "--assistant-only-loss", "--strict-assistant-only-loss", "--chat-template-path", PLAYBOOK_TEMPLATE,
+            "--no-packing", "--use-lora"],
+}
+
+
+def cpu_sizes() -> list[str]:
+    """Appended so each phase runs in seconds on the tiny model and a CPU; the precision is the one the flow
+    picks here (fp32 on a CPU without native bf16, where bf16 is emulated and several times slower)."""
+    import torch
+
+    from train.device import default_precision
+    return ["--device", "cpu", "--precision", default_precision(torch.device("cpu")), "--max-steps", "1",
+            "--grad-accum", "1", "--micro-batch-size", "1", "--eval-max-batches", "1"]
+
+
+def test_dockerfile_makes_the_playbook_paths_in_the_working_directory(instructions):
+    workdir = _args(instructions, "WORKDIR")[-1]
+    copy_all = _index(instructions, lambda kw, a: kw == "COPY" and re.search(r"(^|\s)\.\s+\.$", a))
+    layout = _index(instructions, lambda kw, a: kw == "RUN" and a == f"{LAYOUT_STEP} {workdir}")
+    assert copy_all < layout
+    # The repository itself keeps its top-level layout: the paths exist only in the image.
+    tracked = subprocess.run(["git", "ls-files", "scripts"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert tracked == ""
+
+
+def copy_build_context(dest: Path) -> None:
+    """What `COPY . .` puts into the image: the checkout with .dockerignore applied."""
+    patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    for folder, dirs, files in os.walk(ROOT):
+        rel = Path(folder).relative_to(ROOT)
+        dirs[:] = [d for d in dirs if not _ignored((rel / d).as_posix(), patterns)]
+        for name in files:
+            if not _ignored((rel / name).as_posix(), patterns):
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(folder) / name, dest / rel / name)
+
+
+@pytest.fixture(scope="module")
+def image_app(tmp_path_factory, tiny_model_dir) -> Path:
+    """/app as the image has it, with compose's bind mounts: ./models (holding the tiny model under the real
+    model's folder name) and ./data (the checkout's, copied with the context here)."""
+    stamp = Path(sys.prefix) / ".setup-stamp"
+    if not stamp.is_file():
+        pytest.skip(f"{sys.prefix} was not made by ./run.sh setup: run.sh in the copy would reinstall it")
+    app = tmp_path_factory.mktemp("image") / "app"
+    copy_build_context(app)
+    step = subprocess.run([sys.executable, "-m", "train.tools.image_layout", str(app)], cwd=app,
+                          capture_output=True, text=True)
+    assert step.returncode == 0, step.stderr
+    (app / "models").mkdir(exist_ok=True)
+    (app / MODEL).symlink_to(tiny_model_dir, target_is_directory=True)
+    return app
+
+
+def in_container(app: Path, command: list[str]) -> None:
+    """The part of `docker compose run --rm trainer COMMAND` inside the container: compose's working directory,
+    the image's VENV (here the venv running the tests, so run.sh's setup finds its stamp current)."""
+    env = os.environ | {"VENV": sys.prefix, "PYTHONPATH": ""}
+    res = subprocess.run(command, cwd=app, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(command)}: exit {res.returncode}\n{res.stderr[-4000:]}"
+
+
+@pytest.mark.slow
+def test_the_playbook_commands_run_as_written_in_the_image_layout(image_app):
+    app = image_app
+    assert (app / PLAYBOOK_TEMPLATE).read_bytes() == (ROOT / "templates" / Path(PLAYBOOK_TEMPLATE).name).read_bytes()
+    # The data step first (any verb goes through train.sh), then the two phases: DAPT, and SFT on top of it with
+    # the template path as the playbook spells it; --merge also exercises train.main's merged export.
+    in_container(app, ["bash", "scripts/container/train.sh", "data", "--model-path", MODEL, "--sft-max", "40"])
+    in_container(app, PLAYBOOK["dapt"] + cpu_sizes() + ["--max-length", "128"])
+    in_container(app, PLAYBOOK["sft"] + cpu_sizes() + ["--max-length", "1024", "--base-adapter",
+                                                       "models/fine-tuned-dapt", "--merge"])
+
+    dapt, sft = app / "models" / "fine-tuned-dapt", app / "models" / "fine-tuned-sft"
+    args = json.loads((sft / "training_args.json").read_text())
+    assert args["finished"] is True and args["chat_template_path"] == PLAYBOOK_TEMPLATE
+    template = (ROOT / "templates" / Path(PLAYBOOK_TEMPLATE).name).read_bytes()
+    assert args["chat_template_sha256"] == hashlib.sha256(template).hexdigest()
+    assert (sft / "chat_template.jinja").read_bytes() == template
+    assert args["lineage"]["base_adapter"] == str(dapt.resolve())
+    assert json.loads((dapt / "training_args.json").read_text())["finished"] is True
+    for run in (dapt, sft):
+        assert (run / "adapter_model.safetensors").is_file() and (run / "vlm_adapter" / "adapter_config.json").is_file()
+    info = json.loads((sft / "merged" / "export_info.json").read_text())
+    assert [a["path"] for a in info["adapters"]] == [str(dapt.resolve()), str(sft.resolve())]
+    assert json.loads((sft / "merged" / "config.json").read_text())["model_type"] == "mistral3"

@@ -485,7 +485,7 @@ def finish(run: Run) -> None:
                        "eval_loss_before": run.state.eval_loss_before, "eval_loss_after": eval_loss,
                        "wall_s": round(time.time() - run.started, 1)}})
         if cfg.merge:
-            merged = export_merged(out, json.loads((out / "training_args.json").read_text()))
+            merged = export_merged(out)
             log.info(f"merged model written to {merged}")
         log.info(f"adapter and artifacts written to {out}")
     distributed.barrier(run.info)
