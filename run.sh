@@ -49,6 +49,22 @@ setup() {
   echo "[setup] done" >&2
 }
 
+# The run report's browser test (tests/test_report.py) needs Chromium, a Debian package. Install it when it is
+# missing and apt-get can (as root); otherwise that test skips with the reason, or fails when CI=true.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[test] installing chromium (Debian package) for the report's browser test" >&2
+    local log; log="$(mktemp)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           chromium; } >"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      echo "[test] chromium could not be installed; the browser test will say so" >&2
+    fi
+    rm -f "$log"
+  fi
+}
+
 verb="${1:-}"
 case "$verb" in
   -h|--help|help) usage; exit 0 ;;
@@ -59,11 +75,12 @@ setup
 export PYTHONUNBUFFERED=1
 case "$verb" in
   "")          exec "$PY" -m train.tools.flow ;;
-  test)        shift; exec "$PY" -m pytest "$@" ;;
+  test)        shift; ensure_chromium; exec "$PY" -m pytest "$@" ;;
   tiny-model)  shift; exec "$PY" -m train.tools.tiny_model "$@" ;;
   data)        shift; exec "$PY" -m data.build "$@" ;;
   inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
+  report)      shift; exec "$PY" -m train.report "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;
