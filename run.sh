@@ -25,6 +25,8 @@ Usage: ./run.sh [VERB] [FLAGS...]
   ./run.sh inspect --model-path M --sft-dir D [--chat-template-path T] [--limit N] [--out FILE.jsonl]
                                     show input_ids / labels / supervised spans per SFT example
   ./run.sh check --run-dir DIR      post-training checks -> DIR/post_training_report.json
+  ./run.sh report RUN_DIR... [--out FILE]
+                                    rebuild RUN_DIR/report.html; several run folders share the axes
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
 

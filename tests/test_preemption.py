@@ -53,7 +53,8 @@ def assert_same_adapter(a: Path, b: Path) -> None:
         assert torch.equal(x[k], y[k]), k
 
 
-def test_sigterm_at_a_random_step_then_resume_auto_is_bit_identical(tiny_text_model_dir, dapt_dir, tmp_path):  # noqa: F811
+def test_sigterm_at_a_random_step_then_resume_auto_is_bit_identical(tiny_text_model_dir, dapt_dir,  # noqa: F811
+                                                                    tmp_path):
     def args(out):
         return dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", str(STEPS), "--device", "cpu",
                          "--resume", "auto")

@@ -81,7 +81,8 @@ def test_an_empty_sft_validation_split_stops_before_training(tiny_model_dir, tmp
     assert "trainable parameters" not in log and not (out / "checkpoints").exists()  # no model was even loaded
 
 
-def test_an_accepted_empty_validation_split_is_warned_and_recorded(tiny_text_model_dir, dapt_dir, tmp_path):  # noqa: F811
+def test_an_accepted_empty_validation_split_is_warned_and_recorded(tiny_text_model_dir, dapt_dir,  # noqa: F811
+                                                                  tmp_path):
     data = tmp_path / "dapt"
     data.mkdir()
     (data / "train.jsonl").write_text((dapt_dir / "train.jsonl").read_text())

@@ -39,9 +39,9 @@ class DivergenceWatch:
         if len(self._losses) >= MIN_HISTORY:
             level = statistics.median(self._losses)
             if loss > self.spike_factor * level and loss - level > MIN_JUMP_NATS:
-                message = (f"step {step}: loss {loss:.4f} is {loss / level if level > 0 else math.inf:.1f}x its running "
-                           f"level {level:.4f} (median of the last {len(self._losses)} steps; signal above "
-                           f"{self.spike_factor:g}x)")
+                ratio = loss / level if level > 0 else math.inf
+                message = (f"step {step}: loss {loss:.4f} is {ratio:.1f}x its running level {level:.4f} (median of "
+                           f"the last {len(self._losses)} steps; signal above {self.spike_factor:g}x)")
         self._losses.append(loss)
         return message
 

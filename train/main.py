@@ -607,7 +607,8 @@ def report_after_stop(run: Run) -> None:
     if not run.info.is_main:
         return
     try:
-        run.log.info(f"run report written to {report.write_run_report(Path(run.cfg.output_dir), run.train_rows, run.tokenizer)}")
+        page = report.write_run_report(Path(run.cfg.output_dir), run.train_rows, run.tokenizer)
+        run.log.info(f"run report written to {page}")
     except Exception as e:  # the stop's own message and exit status matter more than the page
         run.log.error(f"report.html could not be written: {type(e).__name__}: {e}")
 
