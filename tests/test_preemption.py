@@ -23,7 +23,7 @@ from train.main import main
 from train.preemption import EXIT_STOPPED, StopSignals
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 12
+STEPS = 8
 
 
 def train_steps_logged(out: Path) -> int:
@@ -83,13 +83,12 @@ def test_sigterm_at_a_random_step_then_resume_auto_is_bit_identical(tiny_text_mo
 @pytest.mark.slow
 def test_sigterm_to_torchrun_stops_both_ranks_after_one_step(tiny_text_model_dir, small_dapt, tmp_path):  # noqa: F811
     def args(out):
-        return dist_args(tiny_text_model_dir, small_dapt, out, 2, "--max-steps", "6", "--resume", "auto",
-                         "--device", "cpu")
+        return dist_args(tiny_text_model_dir, small_dapt, out, 2, "--resume", "auto", "--device", "cpu")
 
     reference = tmp_path / "reference"
     torchrun(args(reference), tmp_path)
     out = tmp_path / "stopped"
-    at = random.randint(1, 3)
+    at = random.randint(1, 2)  # of 5 steps: the signal reaches the processes well before the last one
     print(f"SIGTERM to torchrun once step {at} is logged")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = signal_at_step([str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(ROOT / "train/main.py"),
@@ -97,9 +96,9 @@ def test_sigterm_to_torchrun_stops_both_ranks_after_one_step(tiny_text_model_dir
     # torchrun forwards the signal to both processes, waits for them, then exits 1 (its own SignalException).
     assert proc.returncode != 0
     stopped = checkpointing.latest_valid_checkpoint(out / "checkpoints", print)["step"]
-    assert at <= stopped < 6
+    assert at <= stopped < 5
     for rank in (0, 1):
-        assert f"rank{rank} SIGTERM received: stopped after step {stopped} of 6" in proc.stderr, proc.stderr[-3000:]
+        assert f"rank{rank} SIGTERM received: stopped after step {stopped} of 5" in proc.stderr, proc.stderr[-3000:]
     torchrun(args(out), tmp_path)
     assert_same_adapter(reference, out)
 
@@ -107,7 +106,8 @@ def test_sigterm_to_torchrun_stops_both_ranks_after_one_step(tiny_text_model_dir
 def test_a_signal_only_asks_for_a_stop(monkeypatch):
     from train.distributed import DistInfo
     before = signal.getsignal(signal.SIGINT)
-    stop = StopSignals().install()
+    stop = StopSignals()
+    assert stop.install()
     try:
         assert not stop.stop_agreed(DistInfo(), "cpu")
         os.kill(os.getpid(), signal.SIGINT)   # no KeyboardInterrupt: the step in progress finishes

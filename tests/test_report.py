@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -49,14 +50,14 @@ def sft_run(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp / "sft-run"
     assert main(["--phase", "sft", "--model-path", str(tiny_model_dir), "--sft-dir", str(data), "--output-dir",
                  str(out), "--precision", "fp32", "--max-length", "512", "--micro-batch-size", "4", "--grad-accum",
-                 "1", "--lr", "3e-3", "--max-steps", "5", "--eval-interval", "2", "--device", "cpu"]) == 0
+                 "1", "--lr", "3e-3", "--max-steps", "4", "--eval-interval", "2", "--device", "cpu"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def dapt_run(tiny_text_model_dir, dapt_dir, tmp_path_factory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("report-dapt")
-    assert main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "6", "--eval-interval", "3",
+    assert main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "4", "--eval-interval", "2",
                           "--device", "cpu")) == 0
     return out
 
@@ -144,7 +145,7 @@ def test_report_overlays_runs_and_shows_results_in_a_real_browser(sft_run, dapt_
     # Rebuild through the command a user runs, overlaying the DAPT run on the SFT run's axes.
     out = tmp_path / "both.html"
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), "report", str(sft_run), str(dapt_run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, VENV=sys.prefix))
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = out.read_text(encoding="utf-8")
     for text in ("greedy_generations_pass_reasoning_contract", "c64-qa", "0.125", "Data statistics",

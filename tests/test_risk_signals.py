@@ -47,7 +47,7 @@ def test_validation_loss_rising_several_evaluations_in_a_row():
 
 def test_injected_spike_is_warned_and_aborts_with_a_checkpoint(tiny_text_model_dir, dapt_dir, tmp_path):  # noqa: F811
     out = tmp_path / "abort"
-    rc = main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "10", "--save-interval", "100",
+    rc = main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "9", "--save-interval", "100",
                         "--debug-spike-steps", "7", "--abort-on-divergence", "--device", "cpu"))
     assert rc == 1
     log = (out / "train.log").read_text()
@@ -100,7 +100,7 @@ def test_an_accepted_empty_validation_split_is_warned_and_recorded(tiny_text_mod
 def test_report_to_tensorboard_logs_the_metrics(tiny_text_model_dir, dapt_dir, tmp_path):  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / "tb"
-    assert main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "3", "--report-to", "tensorboard",
+    assert main(dapt_args(tiny_text_model_dir, dapt_dir, out, "--max-steps", "2", "--report-to", "tensorboard",
                           "--device", "cpu")) == 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()

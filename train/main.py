@@ -575,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         run = setup(cfg, info, device)
         # Only the training steps stop gracefully: a signal during setup or the final export ends the process
         # at once, losing nothing a restart does not redo (finish() writes its checkpoint first).
-        stop.install()
+        if not stop.install():
+            run.log.warn("not on the main thread, so no signal handlers: SIGTERM or SIGINT will end the run "
+                         "without a checkpoint")
         fit(run, stop)
         stop.restore()
         if not run.stopped_early:

@@ -34,12 +34,13 @@ class StopSignals:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
 
-    def install(self) -> "StopSignals":
+    def install(self) -> bool:
+        """Take over SIGTERM and SIGINT; False where Python allows no handler (outside the main thread)."""
         if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("signal handlers can only be installed from the main thread")
+            return False
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+        return True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -119,16 +119,15 @@ def run_labels(runs: list[dict]) -> list[str]:
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About n round tick values covering [lo, hi]."""
-    span = hi - lo
-    raw = span / n
+    raw = (hi - lo) / n
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 5, 10) if raw <= step * m)
-    first = math.floor(lo / step) * step
-    return [first + i * step for i in range(int(math.ceil((hi - first) / step)) + 1)]
+    # Whole multiples of the step, so that 0 is exactly 0 and not 1e-17.
+    return [k * step for k in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if v != 0 else "0"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
 def svg_chart(metric: str, series: list[dict], unit: str) -> str:
