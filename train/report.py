@@ -26,6 +26,7 @@ REPORT_FILE = "report.html"
 PREVIEW_FILE = "masking_preview.json"   # the masking preview, kept so a rebuild can show it without the tokenizer
 RESULT_FILES = {"eval_report.json": "Evaluation", "post_training_report.json": "Post-training checks"}
 PREVIEW_EXAMPLES = 3
+WARNINGS_SHOWN = 60   # newest train.log warnings on the page; thousands of NaN skips stay in the log alone
 # (metrics key, record kind, chart title, scale for display, unit)
 CURVES = (("loss", "train", "Training loss (per step) and validation loss", 1.0, "nats/token"),
           ("lr", "train", "Learning rate", 1.0, ""),
@@ -67,6 +68,7 @@ def write_run_report(run_dir: Path, rows: list[Row], tokenizer) -> Path:
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     out = out or run_dirs[0] / REPORT_FILE
     page = build_page([load_run(d) for d in run_dirs])
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)  # a reader never sees half a page
@@ -317,7 +319,10 @@ def build_page(runs: list[dict]) -> str:
         a = run["args"]
         results = "".join(f"<h3>{html.escape(heading)} ({name})</h3>{results_html(name, run['results'][name])}"
                           for name, heading in RESULT_FILES.items())
-        warnings = (f'<pre class="log">{html.escape(chr(10).join(run["warnings"][-60:]))}</pre>' if run["warnings"]
+        shown = run["warnings"][-WARNINGS_SHOWN:]
+        warnings = ((f'<p class="note">the last {len(shown)} of {len(run["warnings"])}</p>'
+                     if len(shown) < len(run["warnings"]) else "")
+                    + f'<pre class="log">{html.escape(chr(10).join(shown))}</pre>' if shown
                     else '<p class="none">none</p>')
         sections.append(
             f"<h2>{html.escape(label)}</h2>{summary_table(run)}"
