@@ -29,6 +29,8 @@ Usage: ./run.sh [VERB] [FLAGS...]
                                     talk to a model (interactive, or one answer with --prompt)
   ./run.sh export RUN_DIR [--merge] [--out DIR]
                                     vlm_adapter/ (lineage included) and, with --merge, a merged model folder
+  ./run.sh report RUN_DIR... [--out FILE]
+                                    rebuild RUN_DIR/report.html; several run folders share the axes
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
 
@@ -53,6 +55,22 @@ setup() {
   echo "[setup] done" >&2
 }
 
+# The run report's browser test (tests/test_report.py) needs Chromium, a Debian package. Install it when it is
+# missing and apt-get can (as root); otherwise that test skips with the reason, or fails when CI=true.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[test] installing chromium (Debian package) for the report's browser test" >&2
+    local log; log="$(mktemp)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           chromium; } >"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      echo "[test] chromium could not be installed; the browser test will say so" >&2
+    fi
+    rm -f "$log"
+  fi
+}
+
 verb="${1:-}"
 case "$verb" in
   -h|--help|help) usage; exit 0 ;;
@@ -63,13 +81,14 @@ setup
 export PYTHONUNBUFFERED=1
 case "$verb" in
   "")          exec "$PY" -m train.tools.flow ;;
-  test)        shift; exec "$PY" -m pytest "$@" ;;
+  test)        shift; ensure_chromium; exec "$PY" -m pytest "$@" ;;
   tiny-model)  shift; exec "$PY" -m train.tools.tiny_model "$@" ;;
   data)        shift; exec "$PY" -m data.build "$@" ;;
   inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
   chat)        shift; exec "$PY" -m train.tools.chat "$@" ;;
   export)      shift; exec "$PY" -m train.tools.export_run "$@" ;;
+  report)      shift; exec "$PY" -m train.report "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ DEFAULT_TEMPLATE_PATH = "templates/mistral3_chat_template_assistant_mask.jinja"
 
 
 def _opt(default, help: str, **kw):
-    """A field with its --help text; `choices` restricts the values, `group` files it under a --help heading."""
+    """A field with its --help text; `choices` restricts the values, `group` files it under a --help heading,
+    `const` is the value of the bare flag when it may also take one."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -61,9 +63,22 @@ class TrainConfig:
     keep_checkpoints: int = _opt(3, "how many recent checkpoints to keep")
     log_interval: int = _opt(1, "metrics/log line every N optimizer steps")
     max_consecutive_skips: int = _opt(3, "abort after more than this many non-finite steps in a row")
+    allow_empty_validation: bool = _opt(False, "train even when the validation split has no rows (no validation "
+                                        "loss, no eval-based divergence signal); warned and recorded in "
+                                        "training_args.json")
+    abort_on_divergence: bool = _opt(False, "stop with a checkpoint (exit 1) when a divergence signal fires instead "
+                                     "of only warning")
+    divergence_spike_factor: float = _opt(3.0, "divergence signal: a step's loss above this many times the median of "
+                                          "the recent steps' losses (see train/divergence.py)")
+    divergence_eval_rises: int = _opt(3, "divergence signal: the validation loss rose this many evaluations in a "
+                                      "row (0 = off)")
+    report_to: str = _opt("none", "also log the metrics to TensorBoard in output_dir/tensorboard (needs the "
+                          "tensorboard package, which is not a runtime requirement)", choices=("none", "tensorboard"))
     merge: bool = _opt(False, "also export output_dir/merged: base + adapters folded, loadable by transformers alone")
     seed: int = _opt(42, "seed for data order, LoRA init and dropout")
-    resume: bool = _opt(False, "continue from the newest complete checkpoint in output_dir")
+    resume: str = _opt(None, "continue from the newest complete checkpoint in output_dir; `--resume auto` does "
+                       "the same when one exists and starts fresh quietly when none does (for restart loops)",
+                       choices=("on", "auto"), const="on")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward (less memory, ~1/3 more compute)")
     loss_chunk_size: int = _opt(1024, "label positions per LM-head chunk in the memory-lean loss")
     attention: str = _opt("auto", "attention kernel: sdpa, eager, or auto (eager on CPU while its saved score "
@@ -81,6 +96,8 @@ class TrainConfig:
                                group="debugging")
     debug_nan_steps: str = _opt(None, "testing aid: comma list of optimizer steps whose loss is made NaN",
                                 group="debugging")
+    debug_spike_steps: str = _opt(None, "testing aid: comma list of optimizer steps whose loss (and so gradient) "
+                                  "is multiplied by 10, an injected divergence spike", group="debugging")
     stop_after_steps: int = _opt(None, "leave the loop after N steps as if interrupted (no final artifacts; "
                                  "--resume goes on)", group="debugging")
 
@@ -172,6 +189,17 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
         errors.append("--warmup-ratio must be in [0, 1)")
     if cfg.lr <= 0:
         errors.append("--lr must be > 0")
+    if cfg.divergence_spike_factor <= 1:
+        errors.append("--divergence-spike-factor must be > 1")
+    if cfg.divergence_eval_rises < 0:
+        errors.append("--divergence-eval-rises must be >= 0")
+    for name in ("debug_nan_steps", "debug_spike_steps"):
+        value = getattr(cfg, name)
+        if value is not None and not all(x.strip().isdigit() for x in value.split(",")):
+            errors.append(f"--{name.replace('_', '-')} must be a comma list of step numbers")
+    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        errors.append("--report-to tensorboard needs the tensorboard package, which is not a runtime requirement: "
+                      "`.venv/bin/pip install tensorboard`, or drop the flag")
     if cfg.profile_steps is not None:
         try:
             a, b = (int(x) for x in cfg.profile_steps.split(":"))
@@ -196,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
             kw["choices"] = f.metadata["choices"]
         if f.type in ("bool", bool):
             target.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
+        elif "const" in f.metadata:
+            # A flag that works bare (--resume) or with a value (--resume auto), and has a --no- form.
+            target.add_argument(flag, nargs="?", const=f.metadata["const"], default=f.default, **kw)
+            target.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=None,
+                                help=f"turn {flag} off")
         else:
             typ = {"int": int, "float": float, "str": str}[str(f.type)]
             target.add_argument(flag, type=typ, default=f.default, required=f.name == "phase", **kw)

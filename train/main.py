@@ -32,15 +32,17 @@ import torch
 from tqdm import tqdm
 
 from contract.errors import UserError
-from train import checkpointing, distributed, forensics
+from train import checkpointing, distributed, forensics, report
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
 from train.device import autocast, peak_memory_mib, resolve_device
+from train.divergence import DivergenceWatch
 from train.export import export_merged, export_vlm_adapter
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
 from train.lora_model import build_model, causal_lm, fsdp_root, trainable_parameters
 from train.loss import labels_only_loss_sum
+from train.preemption import EXIT_STOPPED, RunStopped, StopSignals
 from train.pretrained import load_tokenizer, read_text_config
 from train.profiling import StepProfiler
 from train.run_log import RunLog
@@ -49,6 +51,10 @@ from train.state import LoopState, Run
 
 class TrainingAborted(UserError):
     """Too many non-finite steps in a row; the last good weights are in a checkpoint."""
+
+
+class TrainingDiverged(UserError):
+    """A divergence signal under --abort-on-divergence; the weights are in a checkpoint."""
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -60,15 +66,33 @@ def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[
     if not raw["train"]:
         raise ConfigError(f"{data_dir / 'train.jsonl'}: no rows to train on")
     if cfg.phase == "dapt":
-        train_rows, train_stats = pack_documents(raw["train"], tokenizer, cfg.max_length)
-        val_rows, val_stats = pack_documents(raw["validation"], tokenizer, cfg.max_length)
-        return train_rows, val_rows, {"train": train_stats, "validation": val_stats}
+        (train_rows, train_stats), (val_rows, val_stats) = (pack_documents(raw[split], tokenizer, cfg.max_length)
+                                                            for split in ("train", "validation"))
+        stats = {"train": train_stats, "validation": val_stats}
+    else:
+        train_rows, val_rows, stats = sft_rows(cfg, raw, tokenizer, log, is_main)
+    if not val_rows:
+        # Without validation rows the run has no validation loss and no eval-based divergence signal: that
+        # has to be a choice, not something noticed afterwards as "validation loss: nan".
+        where = (f"{data_dir / 'validation.jsonl'}: no validation rows"
+                 + (f" (all {len(raw['validation'])} were dropped)" if raw["validation"] else ""))
+        if not cfg.allow_empty_validation:
+            raise ConfigError(f"{where}; add rows (./run.sh data writes a validation split), or pass "
+                              "--allow-empty-validation to train without a validation loss")
+        log.warn(f"{where}: training without a validation loss, as --allow-empty-validation asks")
+        stats["validation"]["empty_accepted"] = True
+    return train_rows, val_rows, stats
 
+
+def sft_rows(cfg: TrainConfig, raw: dict[str, list[dict]], tokenizer, log: RunLog,
+             is_main: bool) -> tuple[list[Row], list[Row], dict]:
+    """SFT rows: the prompt contract on every conversation, then assistant-only labels (train/masking.py)."""
     from contract.prompt import check_conversation, read_model_system_prompt, system_prompt_for
     from train.masking import encode_dataset, read_template
 
     # Prompt contract first: a conversation whose system prompt is not ours would teach the model to
     # reason under a prompt it will never see at inference time.
+    data_dir = Path(cfg.data_dir)
     expected_system = system_prompt_for(cfg.model_path)
     for split, rows in raw.items():
         bad = [(r.get("id"), codes) for r in rows if (codes := check_conversation(r.get("messages") or [], expected_system))]
@@ -99,7 +123,7 @@ def load_rows(cfg: TrainConfig, tokenizer, log: RunLog, is_main: bool) -> tuple[
 
 def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) -> Run:
     out = Path(cfg.output_dir)
-    log = RunLog(out, info.rank, info.world_size)
+    log = RunLog(out, info.rank, info.world_size, report_to=cfg.report_to)
     log.info(f"phase {cfg.phase}: model {cfg.model_path}, data {cfg.data_dir}, output {out}, device {device}, "
              f"{info.world_size} process(es)")
     if cfg.deterministic:
@@ -145,7 +169,9 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
 
     if cfg.resume:
         ck = checkpointing.latest_valid_checkpoint(out / "checkpoints", log.warn)
-        if ck is None:
+        if ck is None and cfg.resume == "auto":
+            log.info(f"--resume auto: no checkpoint under {out / 'checkpoints'} yet; starting from step 0")
+        elif ck is None:
             log.warn(f"--resume: no complete checkpoint under {out / 'checkpoints'}; starting from step 0")
         else:
             restore(ck, run)
@@ -236,12 +262,13 @@ def window_batches(run: Run, plan: list[list[int]], start: int) -> tuple[list[di
 TOKEN_COUNTS = {"label": "n_label_tokens", "all": "n_tokens", "trunk": "n_trunk_tokens", "padded": "n_padded_tokens"}
 
 
-def forward_backward(run: Run, batches: list[dict], poison: bool = False) -> tuple[float, float, dict[str, int]]:
+def forward_backward(run: Run, batches: list[dict], loss_factor: float = 1.0) -> tuple[float, float, dict[str, int]]:
     """Gradients of one optimizer step's window, summed over processes and clipped.
 
     Returns (loss, grad_norm, token counts) for the whole window; the counts are supervised tokens
     ("label"), non-pad tokens ("all"), tokens the layers ran ("trunk": all minus shared-prefix repeats)
-    and tokens including padding ("padded").
+    and tokens including padding ("padded"). `loss_factor` is the debugging flags' fault injection: NaN for
+    --debug-nan-steps, 10 for --debug-spike-steps.
     The one host sync per step is here, after all micro-batches: the loss and norm are needed to decide
     whether the update is safe to apply.
     Under --fsdp, FSDP2 reduce-scatters the gradients in the last micro-batch's backward (a sum, see
@@ -264,8 +291,8 @@ def forward_backward(run: Run, batches: list[dict], poison: bool = False) -> tup
         b = to_device(b, run.device)
         with autocast(run.device, run.cfg.precision), torch.profiler.record_function("forward"):
             micro_loss = labels_only_loss_sum(lm, b, run.cfg.loss_chunk_size)
-        if poison:  # --debug-nan-steps: exercise the guard below without touching the model
-            micro_loss = micro_loss * float("nan")
+        if loss_factor != 1.0:  # --debug-nan-steps / --debug-spike-steps: exercise the guards downstream
+            micro_loss = micro_loss * loss_factor
         if b.get("filler"):
             micro_loss = micro_loss * 0.0  # joins FSDP's collectives; adds exact zeros to the gradients
         with torch.profiler.record_function("backward"):
@@ -283,16 +310,21 @@ def forward_backward(run: Run, batches: list[dict], poison: bool = False) -> tup
     return loss, grad_norm, counts
 
 
-def fit(run: Run) -> None:
+def fit(run: Run, stop: StopSignals) -> None:
     cfg, info, state, log = run.cfg, run.info, run.state, run.log
     model, optimizer = run.model, run.optimizer
-    nan_steps = {int(s) for s in cfg.debug_nan_steps.split(",")} if cfg.debug_nan_steps else set()
+    nan_steps, spike_steps = ({int(s) for s in steps.split(",")} if steps else set()
+                              for steps in (cfg.debug_nan_steps, cfg.debug_spike_steps))
     profiler = StepProfiler(cfg.profile_steps, Path(cfg.output_dir) / "profile", info.rank)
+    watch = DivergenceWatch(cfg.divergence_spike_factor, cfg.divergence_eval_rises)
 
     if state.step == 0 and state.eval_loss_before is None:
         state.eval_loss_before = evaluate(run)
-        log.info(f"validation loss before training: {state.eval_loss_before:.4f}")
-        log.metrics({"kind": "eval", "step": 0, "eval_loss": state.eval_loss_before})
+        record_eval(run, watch, 0, state.eval_loss_before, "validation loss before training:")
+    if stop.stop_agreed(info, run.device):
+        raise RunStopped(f"{stop.received or 'a stop signal (to another process)'} received before the first step of "
+                         f"this process: stopped at step {state.step} with nothing new to save; start again with "
+                         f"--resume auto")
 
     plan, plan_epoch = None, None
     window_t0, window_tokens = time.perf_counter(), dict.fromkeys(TOKEN_COUNTS, 0)
@@ -309,7 +341,8 @@ def fit(run: Run) -> None:
         rng_at_start = checkpointing.capture_rng()
         batches, window_ids = window_batches(run, plan, state.micro_index)
 
-        loss, grad_norm, counts = forward_backward(run, batches, poison=step in nan_steps)
+        loss, grad_norm, counts = forward_backward(run, batches, loss_factor=float("nan") if step in nan_steps
+                                                   else 10.0 if step in spike_steps else 1.0)
         n_label = counts["label"]
 
         lr = lr_at(step - 1, cfg, run.total_steps)
@@ -368,10 +401,16 @@ def fit(run: Run) -> None:
             window_t0, window_tokens = time.perf_counter(), dict.fromkeys(TOKEN_COUNTS, 0)
         bar.update(1)
 
+        divergence_signal(run, watch.step_loss(step, loss))
+        # The step boundary: every process asks, so all stop after the same step and join the checkpoint.
+        if stop.stop_agreed(info, run.device):
+            path = save_checkpoint(run)
+            bar.close()
+            raise RunStopped(f"{stop.received or 'a stop signal (to another process)'} received: stopped after step "
+                             f"{step} of {run.total_steps} with a checkpoint{f' in {path}' if path else ''}; "
+                             f"continue with the same command and --resume auto")
         if step % cfg.eval_interval == 0 and step != run.total_steps:
-            eval_loss = evaluate(run)
-            log.info(f"step {step}: validation loss {eval_loss:.4f}")
-            log.metrics({"kind": "eval", "step": step, "eval_loss": eval_loss})
+            record_eval(run, watch, step, evaluate(run), f"step {step}: validation loss")
         if step % cfg.save_interval == 0 and step != run.total_steps:
             save_checkpoint(run)
         if cfg.stop_after_steps and step >= cfg.stop_after_steps and step != run.total_steps:
@@ -380,6 +419,27 @@ def fit(run: Run) -> None:
             break
     bar.close()
     profiler.close()
+
+
+def record_eval(run: Run, watch: DivergenceWatch, step: int, eval_loss: float, what: str) -> None:
+    """Log an evaluation and hand it to the divergence watch; nothing to record without validation rows."""
+    if not run.val_rows:
+        return
+    run.log.info(f"{what} {eval_loss:.4f}")
+    run.log.metrics({"kind": "eval", "step": step, "eval_loss": eval_loss})
+    divergence_signal(run, watch.eval_loss(step, eval_loss))
+
+
+def divergence_signal(run: Run, message: str | None) -> None:
+    """Warn of a divergence signal; under --abort-on-divergence, also checkpoint and stop (on every process)."""
+    if message is None:
+        return
+    if run.info.is_main:
+        run.log.warn(f"divergence: {message}")
+    if run.cfg.abort_on_divergence:
+        path = save_checkpoint(run)
+        raise TrainingDiverged(f"--abort-on-divergence: {message}; the weights after this step are in {path}, "
+                               "earlier ones in the older checkpoints. See docs/troubleshooting.md#divergence")
 
 
 @torch.no_grad()
@@ -465,8 +525,9 @@ def write_training_args(run: Run, finished: bool, extra: dict | None = None) -> 
 def finish(run: Run) -> None:
     cfg, log = run.cfg, run.log
     eval_loss = evaluate(run)
-    log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state.eval_loss_before:.4f})")
-    log.metrics({"kind": "eval", "step": run.state.step, "eval_loss": eval_loss})
+    if run.val_rows:
+        log.info(f"validation loss after training: {eval_loss:.4f} (before: {run.state.eval_loss_before:.4f})")
+        log.metrics({"kind": "eval", "step": run.state.step, "eval_loss": eval_loss})
     save_checkpoint(run)
     # Under FSDP each process holds a shard: gather the whole adapter (a collective) for peft to write.
     adapter = {"state_dict": checkpointing.gather_full_trainable(run.model)} if run.fsdp is not None else {}
@@ -487,6 +548,7 @@ def finish(run: Run) -> None:
         if cfg.merge:
             merged = export_merged(out)
             log.info(f"merged model written to {merged}")
+        log.info(f"run report written to {report.write_run_report(out, run.train_rows, run.tokenizer)}")
         log.info(f"adapter and artifacts written to {out}")
     distributed.barrier(run.info)
 
@@ -505,27 +567,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     info = distributed.DistInfo()
     run = None
+    stop = StopSignals()
     try:
         info = distributed.init("cuda" if cfg.device.startswith("cuda") or
                                 (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
         device = resolve_device(cfg.device, info.local_rank)
         run = setup(cfg, info, device)
-        fit(run)
+        # Only the training steps stop gracefully: a signal during setup or the final export ends the process
+        # at once, losing nothing a restart does not redo (finish() writes its checkpoint first).
+        if not stop.install():
+            run.log.warn("not on the main thread, so no signal handlers: SIGTERM or SIGINT will end the run "
+                         "without a checkpoint")
+        fit(run, stop)
+        stop.restore()
         if not run.stopped_early:
             finish(run)
         return 0
+    except RunStopped as e:
+        run.log.warn(str(e))
+        report_after_stop(run)
+        return EXIT_STOPPED
     except UserError as e:
         # Errors with a message meant for the user: no traceback, just what and where, and exit 1.
         (run.log if run else RunLog(None, info.rank, info.world_size)).error(str(e))
+        if run is not None:
+            report_after_stop(run)
         return 1
     except Exception as e:
         # Name the rank and the error, then exit non-zero: torchrun tears the other processes down.
         (run.log if run else RunLog(None, info.rank, info.world_size)).error(f"{type(e).__name__}: {e}")
         raise
     finally:
+        stop.restore()
         if run is not None:
             run.log.close()
         distributed.cleanup(info)
+
+
+def report_after_stop(run: Run) -> None:
+    """report.html for a run that stopped early (signal or abort), from what it logged so far."""
+    if not run.info.is_main:
+        return
+    try:
+        page = report.write_run_report(Path(run.cfg.output_dir), run.train_rows, run.tokenizer)
+        run.log.info(f"run report written to {page}")
+    except Exception as e:  # the stop's own message and exit status matter more than the page
+        run.log.error(f"report.html could not be written: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":
