@@ -49,6 +49,10 @@ class LinearCrossEntropySum(torch.autograd.Function):
                 # The same dtype path as autograd through F.linear would take: the gradient of the logits in
                 # the matmul's dtype, times the weight.
                 grad_hidden[start:start + chunk_size] = probs.to(mm_logits.dtype) @ weight.to(mm_logits.dtype)
+                del probs
+            # Free this chunk's logits before the next chunk allocates its own: the loop variables would
+            # otherwise keep them alive, and the peak would be one and a half chunks (train/memory_plan.py).
+            del mm_logits, logits, exp
         ctx.save_for_backward(grad_hidden)
         ctx.hidden_dtype = hidden.dtype
         return total
