@@ -12,7 +12,8 @@ measured peaks):
 - frozen weights: the language model in its base dtype. On CPU the bf16 weights stay memory-mapped from the
   safetensors files and only the pages a step reads become resident, so only the embedding rows of token
   ids that occur in the data count;
-- adapters: every trainable weight in fp32 with its gradient and two AdamW moments (16 bytes each);
+- adapters: every trainable weight in fp32 with its gradient and two AdamW moments (16 bytes each), and
+  under bf16 the copy autocast keeps while a forward pass runs;
 - activations: what autograd keeps for backward, per token and layer from the model's shapes (the LoRA
   inputs and dropout masks, the two RMSNorm fp32 inputs, the SwiGLU intermediates, attention's q/k/v/out, or
   eager attention's score matrices), for every layer; with checkpointing only each layer's input, plus one
@@ -206,7 +207,9 @@ def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, e
     if cfg.micro_batch_size > 1:
         loss += tokens * act * s["h"]                           # rows x (width - 1) positions, gathered
     backward = recompute + tokens * layer_backward_bytes(s, act=act, attention=attention, width=width)
-    parts = {"runtime": runtime, "frozen_weights": weights, "adapters": n_train * 16,
+    # fp32 weight, gradient and two AdamW moments, plus the bf16 copy autocast caches during a forward pass.
+    adapters = n_train * (16 + (2 if act == 2 else 0))
+    parts = {"runtime": runtime, "frozen_weights": weights, "adapters": adapters,
              "activations": stored, "step_transient": max(loss, backward)}
     return Estimate(cfg.gradient_checkpointing, attention, cfg.micro_batch_size, cfg.max_length, parts)
 
