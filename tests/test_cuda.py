@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_dapt_data
 from train import device as device_mod
 from train.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here)")
 
 
@@ -23,17 +23,6 @@ def config_only_8b(tmp_path) -> Path:
     folder = tmp_path / "8b-config-only"
     vlm_config("8b").save_pretrained(folder)
     return folder
-
-
-def dapt_data(tmp_path: Path) -> Path:
-    data = tmp_path / "dapt"
-    data.mkdir()
-    text = (ROOT / "data/raw/cc65__cpus.txt").read_text(encoding="utf-8")
-    for split, n in (("train", 8), ("validation", 1)):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps({"id": f"{split}{i}", "source": "t",
-                                                                  "text": text[i * 800:(i + 1) * 800]}) + "\n"
-                                                     for i in range(n)))
-    return data
 
 
 # ------------------------------------------------------------------------ item 5: no silent CPU fallback
@@ -152,7 +141,7 @@ def test_two_step_run_on_cuda_with_fused_adamw(tiny_text_model_dir, tmp_path, mo
         return real_adamw(*args, **kw)
     monkeypatch.setattr(loop.torch.optim, "AdamW", recording_adamw)
     out = tmp_path / "run"
-    rc = main(["--phase", "dapt", "--model-path", str(tiny_text_model_dir), "--dapt-dir", str(dapt_data(tmp_path)),
+    rc = main(["--phase", "dapt", "--model-path", str(tiny_text_model_dir), "--dapt-dir", str(write_dapt_data(tmp_path / "dapt")),
                "--output-dir", str(out), "--max-length", "64", "--micro-batch-size", "2", "--grad-accum", "2",
                "--max-steps", "2", "--eval-max-batches", "1", "--device", "cuda"])
     assert rc == 0 and made["fused"] is True

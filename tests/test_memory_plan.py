@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_dapt_data
 from train import memory_plan
 from train.batching import Row, collate
 from train.config import TrainConfig
@@ -132,13 +133,7 @@ def test_cpu_counts_only_the_embedding_rows_the_data_reads():
 
 def test_a_run_records_plan_and_measured_peak(tiny_text_model_dir, tmp_path, monkeypatch, capsys):
     from train.pretrained import read_text_config
-    data = tmp_path / "dapt"
-    data.mkdir()
-    text = (ROOT / "data/raw/cc65__cpus.txt").read_text(encoding="utf-8")
-    for split, n in (("train", 6), ("validation", 1)):
-        (data / f"{split}.jsonl").write_text("".join(json.dumps({"id": f"{split}{i}", "source": "t",
-                                                                  "text": text[i * 900:(i + 1) * 900]}) + "\n"
-                                                     for i in range(n)))
+    data = write_dapt_data(tmp_path / "dapt")
     # A budget that fits only with checkpointing, from the plan's own figures at a fixed runtime (fp32: the
     # embedding counts whole, whatever rows the data reads).
     runtime = 400 * 2**20

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_dapt_data
 from train.main import main
 from train.pretrained import CheckpointError, load_text_model
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def damaged_copy(src: Path, dst: Path, damage) -> Path:
@@ -71,11 +71,7 @@ def test_damaged_folder_is_named_with_what_is_wrong(tiny_model_dir, tmp_path, da
 
 def test_damaged_folder_ends_the_run_before_training_without_a_traceback(tiny_model_dir, tmp_path, capsys):
     folder = damaged_copy(tiny_model_dir, tmp_path / "model", truncate)
-    data = tmp_path / "dapt"
-    data.mkdir()
-    text = (ROOT / "data/raw/cc65__cpus.txt").read_text(encoding="utf-8")
-    for split in ("train", "validation"):
-        (data / f"{split}.jsonl").write_text(json.dumps({"id": split, "source": "t", "text": text[:2000]}) + "\n")
+    data = write_dapt_data(tmp_path / "dapt")
     out = tmp_path / "out"
     rc = main(["--phase", "dapt", "--model-path", str(folder), "--dapt-dir", str(data), "--output-dir", str(out),
                "--max-length", "64", "--device", "cpu"])

@@ -217,10 +217,11 @@ def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, e
 # ----------------------------------------------------------------------------------------- budget
 
 
-def _meminfo_available() -> int | None:
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A `field:  N kB` line of a /proc file, in bytes; None where /proc has no such file."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -238,13 +239,8 @@ def _cgroup_room() -> int | None:
 
 
 def current_rss() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _proc_bytes("/proc/self/status", "VmRSS")
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def free_memory(device: torch.device, local_processes: int = 1) -> tuple[int | None, str]:
@@ -252,7 +248,7 @@ def free_memory(device: torch.device, local_processes: int = 1) -> tuple[int | N
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return free, f"free memory of {device} ({total / GiB:.1f} GiB card)"
-    room = [x for x in (_meminfo_available(), _cgroup_room()) if x is not None]
+    room = [x for x in (_proc_bytes("/proc/meminfo", "MemAvailable"), _cgroup_room()) if x is not None]
     if not room:
         return None, "available RAM unknown on this system"
     source = "MemAvailable" + (" and the cgroup limit" if len(room) > 1 else "")
