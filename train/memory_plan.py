@@ -36,7 +36,6 @@ import torch
 from contract.errors import UserError
 from train.attention import choose_attention
 from train.flops import lora_param_count, model_flops_per_token
-from train.lora_dropout import lanes_fit
 
 GiB = 2**30
 # Share of the budget the plan keeps free: the CUDA caching allocator reserves more than it hands out, and
@@ -171,10 +170,9 @@ def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, e
     attention, _ = choose_attention(cfg, text_cfg, device)
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     dropout = cfg.lora_dropout > 0
-    # LoRA dropout keeps its mask: a bool on CUDA (fused dropout), the input's dtype on CPU.
+    # LoRA dropout keeps its mask: a bool on CUDA (fused dropout), the input's dtype on CPU (LaneMaskDropout's
+    # keep-mask, or the scaled noise of torch's CPU dropout for a p too small for the lanes).
     mask = 0 if not dropout else (act if device.type == "cpu" else 1)
-    if device.type == "cpu" and dropout and not lanes_fit(cfg.lora_dropout):
-        mask = act
     tokens = cfg.micro_batch_size * width
     labels = cfg.micro_batch_size * max(1, width - 1)
     chunk = min(cfg.loss_chunk_size, labels)
