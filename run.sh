@@ -20,6 +20,10 @@ Usage: ./run.sh [VERB] [FLAGS...]
   ./run.sh test [PYTEST ARGS]       the test suite (what .ci/run calls)
   ./run.sh tiny-model --out DIR [--text-only] [--seed N]
                                     build the tiny local Ministral 3 checkpoint
+  ./run.sh random-model --shape 8b --out DIR [--layers N] [--seed S]
+                                    random-weight checkpoint in the released 8B layout (~17 GB at full depth)
+  ./run.sh scale-check --model-path DIR --work-dir DIR
+                                    each step of the flow on that folder in its own process: time, peak RSS, memory plan
   ./run.sh data [--raw-dir DIR] [--out-dir data/processed] [--model-path M]
                                     processed DAPT/SFT data + validation_report.json
   ./run.sh inspect --model-path M --sft-dir D [--chat-template-path T] [--limit N] [--out FILE.jsonl]
@@ -35,6 +39,7 @@ Usage: ./run.sh [VERB] [FLAGS...]
                                     speed and memory figures
 
 Every verb takes --help for its own flags. Multi-process: torchrun --nproc_per_node=N train/main.py --phase ...
+GPU figures (no setup, no network): bash train/tools/gpu_check.sh
 TXT
 }
 
@@ -83,6 +88,8 @@ case "$verb" in
   "")          exec "$PY" -m train.tools.flow ;;
   test)        shift; ensure_chromium; exec "$PY" -m pytest "$@" ;;
   tiny-model)  shift; exec "$PY" -m train.tools.tiny_model "$@" ;;
+  random-model) shift; exec "$PY" -m train.tools.random_model "$@" ;;
+  scale-check) shift; exec "$PY" -m train.tools.scale_check "$@" ;;
   data)        shift; exec "$PY" -m data.build "$@" ;;
   inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;

@@ -72,3 +72,16 @@ def sft_on_dapt(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
                        "--chat-template-path", str(PROJECT_ROOT / "templates/mistral3_chat_template_assistant_mask.jinja")]
                       + common) == 0
     return dapt, sft
+
+
+def write_dapt_data(folder: Path, n_train: int = 6, chars: int = 900) -> Path:
+    """A small DAPT set in `folder`: n_train training documents and one validation document of `chars`
+    characters each, cut from the shipped sample corpus (redistributable text)."""
+    import json
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (PROJECT_ROOT / "data/raw/cc65__cpus.txt").read_text(encoding="utf-8")
+    for split, n in (("train", n_train), ("validation", 1)):
+        (folder / f"{split}.jsonl").write_text("".join(
+            json.dumps({"id": f"{split}{i}", "source": "t", "text": text[i * chars:(i + 1) * chars]}) + "\n"
+            for i in range(n)))
+    return folder

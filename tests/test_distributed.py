@@ -21,13 +21,17 @@ def args(model_dir, data_dir, out, accum, *extra):
     return ["--phase", "dapt", "--model-path", str(model_dir), "--dapt-dir", str(data_dir), "--output-dir", str(out),
             "--max-length", "48", "--micro-batch-size", "2", "--grad-accum", str(accum), "--precision", "fp32",
             "--lr", "3e-3", "--lora-dropout", "0", "--eval-interval", "100", "--save-interval", "2",
-            "--max-steps", "5", "--seed", "3", *extra]
+            "--max-steps", "5", "--seed", "3", "--device", "cpu", *extra]
+
+
+def cpu_env() -> dict:
+    """The environment of a multi-process CPU test: gloo whatever GPUs the machine has, one thread each."""
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
 
 
 def torchrun(argv, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(ROOT / "train/main.py"), *argv],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+                          capture_output=True, text=True, env=cpu_env(), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -67,7 +67,7 @@ def test_vlm_adapter_applies_the_lineage_to_the_released_layout_in_one_step(sft_
 def test_merge_writes_the_whole_vlm_in_the_base_layout(sft_on_dapt, tiny_model_dir, tmp_path):
     from transformers import Mistral3ForConditionalGeneration
 
-    from train.pretrained import _text_key
+    from train.pretrained import text_key
     from train.tools.generation import load_for_inference
     _, sft = sft_on_dapt
     # A sharded copy of the base, so the shard layout is something to keep; --model-path points the export at it.
@@ -99,7 +99,7 @@ def test_merge_writes_the_whole_vlm_in_the_base_layout(sft_on_dapt, tiny_model_d
         for key, old in before.items():
             new = after[key]
             assert new.dtype == old.dtype == torch.bfloat16 and new.shape == old.shape, key
-            name = _text_key(key, "mistral3")
+            name = text_key(key, "mistral3")
             if name and not torch.equal(expected[name].to(torch.bfloat16), old):
                 n_merged += 1
                 ulp = expected[name].abs() * 2 ** -7  # a summation-order difference may flip the last bf16 bit

@@ -51,7 +51,7 @@ def test_profile_steps_write_a_trace(tiny_text_model_dir, tmp_path):
     out = tmp_path / "o"
     assert main(["--phase", "dapt", "--model-path", str(tiny_text_model_dir), "--dapt-dir", str(data), "--output-dir",
                  str(out), "--max-length", "32", "--grad-accum", "1", "--precision", "fp32", "--max-steps", "3",
-                 "--profile-steps", "2:3", "--deterministic"]) == 0
+                 "--profile-steps", "2:3", "--deterministic", "--device", "cpu"]) == 0
     trace = out / "profile" / "trace-steps2-3-rank0.json"
     events = json.loads(trace.read_text())["traceEvents"]
     names = {e.get("name") for e in events}

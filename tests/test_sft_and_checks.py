@@ -30,7 +30,7 @@ def sft_run(tiny_model_dir, processed, tmp_path_factory) -> Path:
                "--output-dir", str(out), "--precision", "fp32", "--assistant-only-loss",
                "--strict-assistant-only-loss", "--chat-template-path", TEMPLATE, "--no-packing", "--use-lora",
                "--max-length", "1024", "--micro-batch-size", "4", "--grad-accum", "1", "--lr", "3e-3",
-               "--max-steps", "4", "--eval-max-batches", "2"])
+               "--max-steps", "4", "--eval-max-batches", "2", "--device", "cpu"])
     assert rc == 0
     return out
 
@@ -67,7 +67,7 @@ def test_sft_refuses_data_without_the_contract_system_prompt(tiny_model_dir, pro
         rows[0]["messages"][0]["content"] = "You are a helpful assistant."
         (bad / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     rc = main(["--phase", "sft", "--model-path", str(tiny_model_dir), "--sft-dir", str(bad), "--output-dir",
-               str(tmp_path / "o"), "--precision", "fp32", "--max-steps", "1"])
+               str(tmp_path / "o"), "--precision", "fp32", "--max-steps", "1", "--device", "cpu"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "prompt contract" in err and "system_prompt_mismatch" in err
@@ -76,7 +76,7 @@ def test_sft_refuses_data_without_the_contract_system_prompt(tiny_model_dir, pro
 def test_post_training_checks_report(sft_run, capsys):
     from train.tools.post_checks import main as check_main
     # 4 steps cannot teach the format: the contract check must fail, and say why, with a non-zero exit.
-    assert check_main(["--run-dir", str(sft_run), "--limit", "4", "--max-new-tokens", "16"]) == 1
+    assert check_main(["--run-dir", str(sft_run), "--limit", "4", "--max-new-tokens", "16", "--device", "cpu"]) == 1
     report = json.loads((sft_run / "post_training_report.json").read_text())
     by_name = {c["name"]: c for c in report["checks"]}
     for name in ("artifacts_present", "assistant_only_loss_on", "run_finished_with_finite_metrics",
@@ -98,7 +98,8 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
     args["assistant_only_loss"] = False
     (run / "training_args.json").write_text(json.dumps(args))
     (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().replace('"loss": ', '"loss": NaN, "x": ', 1))
-    assert check_main(["--run-dir", str(run), "--limit", "2", "--max-new-tokens", "4", "--threshold", "0"]) == 1
+    assert check_main(["--run-dir", str(run), "--limit", "2", "--max-new-tokens", "4", "--threshold", "0",
+                       "--device", "cpu"]) == 1
     report = json.loads((run / "post_training_report.json").read_text())
     failed = {c["name"] for c in report["checks"] if not c["passed"]}
     assert {"assistant_only_loss_on", "run_finished_with_finite_metrics"} <= failed
@@ -108,6 +109,8 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
 def test_flow_end_to_end_reduced(tmp_path, monkeypatch):
     from train.tools.flow import main as flow_main
     monkeypatch.chdir(ROOT)  # templates/ and data/raw are found relative to the project, as with ./run.sh
+    # The flow has no --device: it takes --device auto's choice, which this CPU test pins to the CPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(tmp_path / "models"),
                     "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
                     "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7"])

@@ -38,7 +38,7 @@ def dapt_args(model_dir, data_dir, out, *extra) -> list[str]:
     return ["--phase", "dapt", "--model-path", str(model_dir), "--dapt-dir", str(data_dir), "--output-dir", str(out),
             "--max-length", "64", "--micro-batch-size", "2", "--grad-accum", "2", "--precision", "fp32",
             "--lr", "3e-3", "--warmup-ratio", "0.1", "--eval-interval", "100", "--save-interval", "2",
-            "--seed", "7", *extra]
+            "--seed", "7", "--device", "cpu", *extra]
 
 
 def metrics(out: Path, kind: str = "train") -> list[dict]:

@@ -85,7 +85,12 @@ class TrainConfig:
                           "matrices stay small, sdpa otherwise; see docs/performance.md)",
                           choices=("auto", "sdpa", "eager"))
     compile: bool = _opt(False, "torch.compile the model's decoder layers")
-    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto (a model above 1 B parameters never falls back to the "
+                       "CPU by itself: with no usable GPU, auto stops and says why; pass --device cpu to insist)")
+    memory_budget: str = _opt("auto", "memory plan: auto (the GPU's free memory, or the available RAM on CPU), a "
+                              "number of GiB, or off. Before loading, the run's peak is predicted; with a budget the "
+                              "fastest setting that fits is chosen (as given, then --gradient-checkpointing) or the "
+                              "run stops naming what would fit (docs/performance.md)")
     fsdp: bool = _opt(False, "under torchrun: shard the base model and the adapters across the processes with FSDP2 "
                       "(for a base model that does not fit one device)")
     profile_steps: str = _opt(None, "A:B - write a torch profiler trace for optimizer steps A..B",
@@ -183,6 +188,11 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
         lora_target_regex(cfg.lora_targets)
     except ValueError as e:
         errors.append(str(e))
+    try:
+        from train.memory_plan import parse_budget
+        parse_budget(cfg.memory_budget)
+    except ValueError:
+        errors.append(f"--memory-budget {cfg.memory_budget}: must be auto, off or a number of GiB > 0")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         errors.append("--max-steps must be >= 1")
     if not 0 <= cfg.warmup_ratio < 1:

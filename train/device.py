@@ -2,9 +2,23 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import resource
 
 import torch
+
+from contract.errors import UserError
+
+# Above this many parameters a CPU run is hours per step: --device auto never picks the CPU for it by itself.
+LARGE_MODEL_PARAMS = 1_000_000_000
+# glibc's M_MMAP_THRESHOLD, and the block size from which the CPU allocator is asked to map memory afresh.
+_M_MMAP_THRESHOLD = -3
+CPU_MMAP_THRESHOLD = 1 << 20
+
+
+class NoUsableGPU(UserError):
+    """--device auto found no GPU for a model that is too big to train on the CPU by accident."""
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
@@ -41,3 +55,56 @@ def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def no_cuda_reason() -> str:
+    """Why torch sees no GPU, in words a user can act on."""
+    if torch.version.cuda is None:
+        return (f"this torch ({torch.__version__}) is a CPU-only build; install the CUDA build of the same "
+                "version (the wheel from PyPI on Linux x86_64, or the PyTorch index for your CUDA version)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU from this process"
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return ("no NVIDIA driver was found (libcuda.so.1 cannot be loaded): install the driver, and in a "
+                "container run it with the NVIDIA Container Toolkit (docker compose passes the GPU; docs/usage.md)")
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value:
+        driver = (version.value // 1000, version.value % 1000 // 10)
+        wanted = tuple(int(x) for x in torch.version.cuda.split(".")[:2])
+        if driver < wanted:
+            return (f"the NVIDIA driver supports CUDA up to {driver[0]}.{driver[1]}, but this torch was built for "
+                    f"CUDA {torch.version.cuda}: update the driver, or install a torch built for CUDA "
+                    f"{driver[0]}.{driver[1]} or older")
+    status = libcuda.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver failed to start (cuInit error {status}); `nvidia-smi` shows whether it works"
+    return "torch.cuda.is_available() is False although a driver is present; `nvidia-smi` shows the GPUs it sees"
+
+
+def refuse_silent_cpu(requested: str, n_params: int) -> None:
+    """--device auto with no usable GPU and a model above LARGE_MODEL_PARAMS: stop, say why, say how to insist."""
+    if requested != "auto" or n_params <= LARGE_MODEL_PARAMS or torch.cuda.is_available():
+        return
+    raise NoUsableGPU(f"--device auto found no usable GPU for a {n_params / 1e9:.1f} B-parameter model: "
+                      f"{no_cuda_reason()}. Training it on the CPU takes minutes per step and ~1.1x its bf16 "
+                      "weights in RAM; to do that anyway, pass --device cpu")
+
+
+def steady_cpu_allocator() -> bool:
+    """Make glibc return every freed block of 1 MiB or more to the system at once.
+
+    By default glibc raises its mmap threshold each time a large block is freed, so later activations of the
+    same size come from the heap, whose freed memory is mostly kept: the RSS then climbs step after step and
+    the peak depends on the history of the run, not on its settings (docs/performance.md, "The memory plan").
+    A fixed threshold keeps the RSS at what is alive. Leaves an explicit MALLOC_MMAP_THRESHOLD_ alone.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD))

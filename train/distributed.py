@@ -39,12 +39,14 @@ def init(device_type: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     backend = "nccl" if device_type == "cuda" else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        # Before the process group: NCCL binds its communicator to the current device when it is created, and
+        # every process would otherwise start on cuda:0 (and allocate a context there).
+        torch.cuda.set_device(local_rank)
     # A finite timeout turns a peer that died mid-collective into an error here instead of a silent hang.
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    return info
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def device_mesh(info: DistInfo, device: torch.device):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from contract.errors import UserError
 from train.checkpointing import sha256_file
-from train.pretrained import _safetensors_files, _text_key, lora_target_regex, read_text_config
+from train.pretrained import lora_target_regex, read_text_config, safetensors_files, text_key
 
 # peft's key prefix of a LoRA tensor, and where the VLM keeps the decoder that the text model calls `model.`.
 PEFT_PREFIX = "base_model.model."
@@ -119,7 +119,7 @@ def load_adapter(path: str | Path) -> LoraAdapter:
 def _check_targets(adapters: list[LoraAdapter], model_path: Path) -> None:
     """Every adapted module must exist in the base: one that does not would be ignored, not reported, by a server."""
     layout = read_text_config(model_path)[1]
-    names = {_text_key(k, layout) for f in _safetensors_files(model_path) for k in _header(f)[0]}
+    names = {text_key(k, layout) for f in safetensors_files(model_path) for k in _header(f)[0]}
     for adapter in adapters:
         missing = sorted(m for m in adapter.modules if f"{m}.weight" not in names)
         if missing:
@@ -224,7 +224,7 @@ def _merge_file(src: Path, dst: Path, layout: str, deltas: dict[str, list[tuple[
         for key in order:
             entry = header[key]
             begin, end = entry["data_offsets"]
-            terms = deltas.get((_text_key(key, layout) or "").removesuffix(".weight"))
+            terms = deltas.get((text_key(key, layout) or "").removesuffix(".weight"))
             if terms is None or not key.endswith(".weight"):
                 _copy_range(fin, fout, data_start + begin, end - begin)
             else:
@@ -262,7 +262,7 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None, model_path
             deltas.setdefault(name, []).append((a.scale, lora_a, lora_b))
 
     layout = read_text_config(base)[1]
-    files = _safetensors_files(base)
+    files = safetensors_files(base)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

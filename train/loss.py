@@ -5,6 +5,8 @@ micro-batches, all processes), so every supervised token weighs the same whateve
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -49,6 +51,10 @@ class LinearCrossEntropySum(torch.autograd.Function):
                 # The same dtype path as autograd through F.linear would take: the gradient of the logits in
                 # the matmul's dtype, times the weight.
                 grad_hidden[start:start + chunk_size] = probs.to(mm_logits.dtype) @ weight.to(mm_logits.dtype)
+                del probs
+            # Free this chunk's logits before the next chunk allocates its own: the loop variables would
+            # otherwise keep them alive, and the peak would be one and a half chunks (train/memory_plan.py).
+            del mm_logits, logits, exp
         ctx.save_for_backward(grad_hidden)
         ctx.hidden_dtype = hidden.dtype
         return total
@@ -75,9 +81,16 @@ def trunk_hidden_states(model, batch: dict) -> torch.Tensor:
     if prefix == 0:
         return model(input_ids=ids, use_cache=False).last_hidden_state
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:1, :prefix], cache=cache, use_cache=True)
+    arg = cache_argument(model)
+    model(input_ids=ids[:1, :prefix], use_cache=True, **{arg: cache})
     cache.batch_repeat_interleave(ids.shape[0])
-    return model(input_ids=ids[:, prefix:], cache=cache, use_cache=True).last_hidden_state
+    return model(input_ids=ids[:, prefix:], use_cache=True, **{arg: cache}).last_hidden_state
+
+
+def cache_argument(model) -> str:
+    """The decoder's name for its key/value cache: `cache` in recent transformers 5, `past_key_values` before
+    (5.17, say). An unknown keyword would be swallowed by **kwargs and the rows would run without the prefix."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def labels_only_loss_sum(causal_lm, batch: dict, chunk_size: int) -> torch.Tensor:

@@ -32,11 +32,11 @@ import torch
 from tqdm import tqdm
 
 from contract.errors import UserError
-from train import checkpointing, distributed, forensics, report
+from train import checkpointing, distributed, forensics, memory_plan, report
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
-from train.device import autocast, peak_memory_mib, resolve_device
+from train.device import autocast, peak_memory_mib, refuse_silent_cpu, resolve_device, steady_cpu_allocator
 from train.divergence import DivergenceWatch
 from train.export import export_merged, export_vlm_adapter
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
@@ -135,6 +135,8 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
         # Adam's second moments decay towards zero and turn denormal; x86 handles denormals in microcode,
         # tens of times slower. Flushing them to zero changes nothing measurable in the result.
         torch.set_flush_denormal(True)
+        # Freed activations go back to the system at once, so the RSS is what the memory plan predicts.
+        steady_cpu_allocator()
     # Same seed on every process: identical LoRA init everywhere, identical epoch plans.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -142,6 +144,15 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
 
     tokenizer = load_tokenizer(cfg.model_path)
     train_rows, val_rows, data_stats = load_rows(cfg, tokenizer, log, info.is_main)
+    # The memory plan, before any weight is read: it may turn on checkpointing, or stop the run here.
+    rows = train_rows + val_rows
+    plan = memory_plan.plan(cfg, read_text_config(cfg.model_path)[0], device,
+                            width=min(cfg.max_length, max(len(r.input_ids) for r in rows)),
+                            embed_rows=memory_plan.embed_rows_read(rows), world_size=info.world_size,
+                            local_processes=memory_plan.local_processes())
+    for name, value in plan.changed.items():
+        setattr(cfg, name, value)
+    log.info(plan.describe())
     mesh = distributed.device_mesh(info, device) if cfg.fsdp else None
     model = build_model(cfg, device, log.info, mesh=mesh)
     # After sharding: fully_shard replaces every parameter with a DTensor, and the optimizer must hold those.
@@ -159,7 +170,7 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
 
     run = Run(cfg=cfg, info=info, device=device, log=log, model=model, params=params, optimizer=optimizer,
               fsdp=fsdp_root(model), tokenizer=tokenizer, train_rows=train_rows, val_rows=val_rows,
-              data_stats=data_stats, n_trainable=n_trainable)
+              data_stats=data_stats, n_trainable=n_trainable, memory_plan=plan)
     micro_per_epoch = math.ceil(len(train_rows) / cfg.micro_batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / run.micro_per_step)
     run.total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -186,6 +197,8 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
                                                 activation_checkpointing=cfg.gradient_checkpointing)
     run.peak_flops = measure_matmul_peak(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
                                          seconds=0.3)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the probe's matrices are not the run's memory
     log.info(f"model FLOPs/token {run.flops_per_token['model_flops'] / 1e6:.1f} M at mean length {mean_len}; "
              f"measured matmul peak {run.peak_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
     if info.is_main:
@@ -516,6 +529,7 @@ def write_training_args(run: Run, finished: bool, extra: dict | None = None) -> 
         "chat_template_sha256": sha256_file(Path(cfg.chat_template_path)) if cfg.phase == "sft" else None,
         "lineage": {"base_model": str(Path(cfg.model_path).resolve()),
                     "base_adapter": str(Path(cfg.base_adapter).resolve()) if cfg.base_adapter else None},
+        "memory_plan": run.memory_plan.to_dict(peak_memory_mib(run.device)) if run.memory_plan else None,
         "finished": finished,
     } | (extra or {})
     path = Path(cfg.output_dir) / "training_args.json"
@@ -569,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     run = None
     stop = StopSignals()
     try:
+        # Before the process group and any weight: a large model must not start on the CPU without a word.
+        refuse_silent_cpu(cfg.device, memory_plan.text_param_count(read_text_config(cfg.model_path)[0]))
         info = distributed.init("cuda" if cfg.device.startswith("cuda") or
                                 (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
         device = resolve_device(cfg.device, info.local_rank)

@@ -39,6 +39,12 @@ TEXT_CONFIG_8B = dict(hidden_size=4096, num_hidden_layers=34, num_attention_head
                       head_dim=128, intermediate_size=14336, vocab_size=131072, max_position_embeddings=262144,
                       rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu",
                       bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+# The released checkpoint's Pixtral vision tower (0.40 B parameters) and the VLM fields around it; only the
+# 8B-shape random checkpoint (train/tools/random_model.py) builds them, the loop never reads them.
+VISION_CONFIG_8B = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                        head_dim=64, image_size=1540, patch_size=14, num_channels=3, hidden_act="silu")
+VLM_FIELDS_8B = dict(spatial_merge_size=2, image_token_index=10, multimodal_projector_bias=False,
+                     projector_hidden_act="gelu", vision_feature_layer=-1, tie_word_embeddings=False)
 
 
 def lora_target_regex(targets) -> str:
@@ -90,7 +96,7 @@ def read_text_config(model_dir: str | Path):
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; --model-path must be a Hugging Face model folder")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = _read_json(path)
     layout = raw.get("model_type")
     if layout == "mistral3":
         text = dict(raw.get("text_config") or {})
@@ -102,12 +108,36 @@ def read_text_config(model_dir: str | Path):
         raise CheckpointError(f"{path}: model_type {layout!r} is neither 'mistral3' (VLM) nor 'ministral3' (text)")
     for key in ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype"):
         text.pop(key, None)
-    cfg = Ministral3Config(**text)
+    try:
+        cfg = Ministral3Config(**text)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the text config is not a valid Ministral3Config: {e}") from None
     cfg.architectures = ["Ministral3ForCausalLM"]
     return cfg, layout
 
 
-def _text_key(disk_key: str, layout: str) -> str | None:
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is damaged or incomplete: download it "
+                              "again") from None
+
+
+# The released VLM's tensor names: in memory (Mistral3ForConditionalGeneration in transformers 5) -> on disk.
+VLM_DISK_PREFIXES = {"model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head.",
+                     "model.vision_tower.": "vision_tower.", "model.multi_modal_projector.": "multi_modal_projector."}
+
+
+def vlm_disk_name(memory_name: str) -> str:
+    """The on-disk name of a Mistral3ForConditionalGeneration tensor (docs/model.md, "Weight names")."""
+    for prefix, disk in VLM_DISK_PREFIXES.items():
+        if memory_name.startswith(prefix):
+            return disk + memory_name[len(prefix):]
+    raise ValueError(f"{memory_name!r}: not a tensor of the Mistral3 VLM layout")
+
+
+def text_key(disk_key: str, layout: str) -> str | None:
     """Map an on-disk tensor name to Ministral3ForCausalLM's name; None for non-text tensors."""
     if layout == "ministral3":
         return disk_key
@@ -118,11 +148,19 @@ def _text_key(disk_key: str, layout: str) -> str | None:
     return None  # vision_tower.*, multi_modal_projector.*
 
 
-def _safetensors_files(model_dir: Path) -> list[Path]:
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The weight files, every one of them checked to exist before any is read."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return [model_dir / f for f in sorted(set(weight_map.values()))]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: has no weight_map; the index is damaged: download it again")
+        files = [model_dir / f for f in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: lists {len(missing)} shard(s) that are not in {model_dir}: "
+                                  f"{', '.join(missing)}; the download is incomplete")
+        return files
     single = model_dir / "model.safetensors"
     if single.is_file():
         return [single]
@@ -132,9 +170,17 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
+def _fields_giving(cfg, on_disk: tuple, wanted: tuple) -> str:
+    """The text-config fields whose values make up the wanted dimensions that differ from the file's."""
+    dims = {w for d, w in zip(on_disk, wanted) if d != w} if len(on_disk) == len(wanted) else set(wanted)
+    fields = [f"{k}={v}" for k, v in cfg.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)
+              and (v in dims or any(w == v * (cfg.head_dim or 1) for w in dims))]
+    return "from " + ", ".join(fields) if fields else "from its sizes"
+
+
 def load_text_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
     """Ministral3ForCausalLM with every language-model tensor read from the folder; vision weights stay on disk."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers import Ministral3ForCausalLM
 
     model_dir = Path(model_dir)
@@ -144,18 +190,29 @@ def load_text_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, 
         model = Ministral3ForCausalLM(cfg)
     expected = set(model.state_dict().keys())
     state: dict[str, torch.Tensor] = {}
-    for file in _safetensors_files(model_dir):
-        if not file.is_file():
-            raise CheckpointError(f"{file}: listed in the index but missing")
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                name = _text_key(key, layout)
-                if name is None:
-                    continue
-                if name not in expected:
-                    raise CheckpointError(f"{file}: tensor {key!r} does not belong to Ministral3ForCausalLM "
-                                          f"(mapped to {name!r}); is this the right checkpoint?")
-                state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for file in safetensors_files(model_dir):
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                keys = [(key, text_key(key, layout)) for key in f.keys()]
+                keys = [(key, name) for key, name in keys if name is not None]
+                for key, name in keys:
+                    if name not in expected:
+                        raise CheckpointError(f"{file}: tensor {key!r} does not belong to Ministral3ForCausalLM "
+                                              f"(mapped to {name!r}); is this the right checkpoint?")
+                    on_disk = tuple(f.get_slice(key).get_shape())
+                    if on_disk != shapes[name]:
+                        raise CheckpointError(f"{file}: tensor {key!r} has shape {list(on_disk)}, but "
+                                              f"{model_dir / 'config.json'} describes {list(shapes[name])} "
+                                              f"({_fields_giving(cfg, on_disk, shapes[name])}); the config does "
+                                              "not belong to these weights")
+                for key, name in keys:
+                    # bf16 on disk and bf16 wanted: a view of the memory-mapped file, read only when used.
+                    state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
+        except SafetensorError as e:
+            size = file.stat().st_size
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e}; {size:,} bytes on disk): it is "
+                                  "truncated or corrupt; download it again") from None
     missing = sorted(expected - state.keys())
     if missing:
         raise CheckpointError(f"{model_dir}: {len(missing)} language-model tensors are missing from the checkpoint "

@@ -14,6 +14,7 @@ import torch
 from train.batching import Row
 from train.config import TrainConfig
 from train.distributed import DistInfo
+from train.memory_plan import MemoryPlan
 from train.run_log import RunLog
 
 
@@ -57,6 +58,7 @@ class Run:
     n_trainable: int = 0
     flops_per_token: dict = field(default_factory=dict)
     peak_flops: float = 0.0
+    memory_plan: MemoryPlan | None = None     # what setup() predicted and chose before loading
     started: float = field(default_factory=time.time)
     stopped_early: bool = False
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from contract.tokens import IGNORE_INDEX
-from train import distributed
+from train import distributed, memory_plan
 from train.attention import set_attention
 from train.batching import Row, collate, epoch_plan, read_jsonl
 from train.config import TrainConfig
-from train.device import default_precision, resolve_device
+from train.device import default_precision, resolve_device, steady_cpu_allocator
 from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
 from train.lora_dropout import use_lane_mask_dropout
 from train.lora_model import attach_lora
@@ -121,6 +121,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
           stock_dropout: bool = False, attention: str = "auto") -> dict:
     # Under --repeat the runs share a process; the CPU peak must cover this run, model load included, only.
     rss_reset = device.type == "cpu" and reset_peak_rss()
+    runtime = memory_plan.runtime_bytes(device)  # for the memory plan's prediction below
     p = PRESETS[preset]
     steps = steps or p["steps"]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -140,6 +141,9 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
                       max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
                       gradient_checkpointing=gradient_checkpointing, compile=compile, attention=attention).resolve()
     attention_why = set_attention(base, cfg, device)
+    # The loop's memory plan for these settings (the model here is built in memory, so all of it counts).
+    predicted = memory_plan.estimate(base.config, cfg, device, width=max(len(r.input_ids) for r in rows),
+                                     runtime=runtime)
     model = attach_lora(base, cfg)
     if stock_dropout:  # undo attach_lora's CPU dropout swap, to measure what it saves
         use_lane_mask_dropout(model, enable=False)
@@ -164,6 +168,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         torch.cuda.reset_peak_memory_stats(device)
     else:
         torch.set_flush_denormal(True)  # as the loop does on CPU
+        steady_cpu_allocator()
     totals = {"label": 0, "all": 0, "trunk": 0, "padded": 0}
     step_times, losses = [], []
     t_start = time.perf_counter()
@@ -214,6 +219,8 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         "mfu": round(step_flops / wall / peak, 4),
         "peak_memory_MiB": round(peak_mem, 1),
         "peak_memory_kind": peak_kind,
+        "predicted_peak_MiB": round(predicted.peak / 2**20, 1),
+        "predicted_parts_MiB": predicted.to_dict()["parts_MiB"],
         "losses": losses,
         "versions": {"torch": torch.__version__},
     }
@@ -225,7 +232,7 @@ def print_run(run: dict, index: int, total: int) -> None:
     print(f"{tag} {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads, {o['attention']} attention): "
           f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
           f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
-          f"peak memory {o['peak_memory_MiB']} MiB", flush=True)
+          f"peak memory {o['peak_memory_MiB']} MiB (memory plan: {o['predicted_peak_MiB']} MiB)", flush=True)
     if "trl" in run:
         t = run["trl"]
         print(f"{tag} TRL SFTTrainer: trained {t['assistant_tokens_per_s']} tok/s, all {t['tokens_per_s']} tok/s, "
