@@ -73,7 +73,7 @@ def test_sft_refuses_data_without_the_contract_system_prompt(tiny_model_dir, pro
     assert "prompt contract" in err and "system_prompt_mismatch" in err
 
 
-def test_post_training_checks_report(sft_run, capsys):
+def test_post_training_checks_report(sft_run, processed, capsys):
     from train.tools.post_checks import main as check_main
     # 4 steps cannot teach the format: the contract check must fail, and say why, with a non-zero exit.
     assert check_main(["--run-dir", str(sft_run), "--limit", "4", "--max-new-tokens", "16"]) == 1
@@ -83,7 +83,11 @@ def test_post_training_checks_report(sft_run, capsys):
                  "template_has_generation_blocks", "adapter_loads_with_peft", "prompt_contract_in_rendered_prompts"):
         assert by_name[name]["passed"], name
     gen = by_name["greedy_generations_pass_reasoning_contract"]
-    assert not gen["passed"] and gen["detail"]["total"] == 4 and gen["detail"]["failure_codes"]
+    n_validation = len((processed / "sft" / "validation.jsonl").read_text().splitlines())
+    detail = gen["detail"]
+    assert not gen["passed"] and detail["total"] == min(4, n_validation) and detail["failure_codes"]
+    assert detail["broke_contract"] + detail["cut_by_budget"] == detail["total"] - detail["passed"]
+    assert detail["max_new_tokens"] == 16
     assert report["passed"] is False and 0 <= report["contract_pass_rate"] < 0.9
     assert "FAILED" in capsys.readouterr().out
 
