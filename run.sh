@@ -12,19 +12,23 @@ usage() {
   cat <<'TXT'
 Usage: ./run.sh [VERB] [FLAGS...]
 
-  ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks
-                                    (builds the tiny local model when models/Ministral-3-8B-Thinking is absent)
+  ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks ->
+                                    C64 evaluation of base, DAPT and SFT (uses the cached STAND-IN model, built
+                                    on first use, when models/Ministral-3-8B-Thinking is absent)
   ./run.sh flow [FLAGS]             the same full flow with its own flags (--help lists them)
   ./run.sh --phase dapt|sft FLAGS   one training phase (python -m train.main; see --phase dapt --help)
   ./run.sh setup                    create .venv and install requirements (idempotent)
   ./run.sh test [PYTEST ARGS]       the test suite (what .ci/run calls)
-  ./run.sh tiny-model --out DIR [--text-only] [--seed N]
-                                    build the tiny local Ministral 3 checkpoint
+  ./run.sh tiny-model --out DIR [--text-only] [--seed N] [--untrained] [--force]
+                                    build (or reuse) the stand-in: a tiny Ministral 3 pretrained on generic
+                                    material to answer in the reasoning contract
   ./run.sh data [--raw-dir DIR] [--out-dir data/processed] [--model-path M]
                                     processed DAPT/SFT data + validation_report.json
   ./run.sh inspect --model-path M --sft-dir D [--chat-template-path T] [--limit N] [--out FILE.jsonl]
                                     show input_ids / labels / supervised spans per SFT example
   ./run.sh check --run-dir DIR      post-training checks -> DIR/post_training_report.json
+  ./run.sh eval --model-path M [--adapter DIR] [--out FILE]
+                                    C64 evaluation: held-out facts, contract, document loss -> eval_report.json
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
 
@@ -64,6 +68,7 @@ case "$verb" in
   data)        shift; exec "$PY" -m data.build "$@" ;;
   inspect)     shift; exec "$PY" -m train.tools.inspect_labels "$@" ;;
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
+  eval)        shift; exec "$PY" -m train.tools.evaluate "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;

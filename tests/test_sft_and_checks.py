@@ -109,20 +109,39 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
 
 
 @pytest.mark.slow
-def test_flow_end_to_end_reduced(tmp_path, monkeypatch):
+def test_flow_end_to_end_reduced(tmp_path, monkeypatch, stand_in_dir, capsys):
+    import shutil
+
+    from conftest import fast_stand_in
     from train.tools.flow import main as flow_main
     monkeypatch.chdir(ROOT)  # templates/ and data/raw are found relative to the project, as with ./run.sh
-    rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(tmp_path / "models"),
-                    "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
-                    "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7"])
+    models = tmp_path / "models"
+    shutil.copytree(stand_in_dir, models / "tiny-ministral3")   # the cached stand-in, as a second ./run.sh finds it
+    # A nearly untrained stand-in never stops by itself: its own generation budget keeps the checks short.
+    config = json.loads((stand_in_dir / "generation_config.json").read_text()) | {"max_new_tokens": 8}
+    (models / "tiny-ministral3" / "generation_config.json").write_text(json.dumps(config))
+    with fast_stand_in():
+        rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(models),
+                        "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
+                        "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7",
+                        "--stand-in-steps", "2", "--eval-per-kind", "1"])
     assert rc == 0
-    sft = tmp_path / "models" / "fine-tuned-sft"
+    out = capsys.readouterr().out
+    assert "STAND-IN model" in out and "is up to date" in out and "held-out C64 document loss" in out
+    sft = models / "fine-tuned-sft"
     report = json.loads((sft / "post_training_report.json").read_text())
     assert report["passed"] and "contract_pass_rate" in report
     args = json.loads((sft / "training_args.json").read_text())
     assert args["lineage"]["base_adapter"].endswith("fine-tuned-dapt")
-    dapt_args = json.loads((tmp_path / "models" / "fine-tuned-dapt" / "training_args.json").read_text())
+    dapt_args = json.loads((models / "fine-tuned-dapt" / "training_args.json").read_text())
     assert args["seed"] == dapt_args["seed"] == 7  # --seed reaches both phases
     summary = json.loads((sft / "flow_summary.json").read_text())
-    assert summary["tiny"] is True and set(summary["stage_seconds"]) == {"model", "data", "dapt", "sft", "check"}
+    assert summary["tiny"] is True and set(summary["stage_seconds"]) == {
+        "stand-in", "data", "dapt", "sft", "check", "eval base", "eval DAPT", "eval SFT"}
+    assert set(summary["evaluation"]) == {"base", "DAPT", "SFT"}
+    for name, path in (("base", models / "eval_report_base.json"), ("DAPT", models / "fine-tuned-dapt" / "eval_report.json"),
+                       ("SFT", sft / "eval_report.json")):
+        ev = json.loads(path.read_text())
+        assert ev["contract"]["max_new_tokens"] == 8 and ev["held_out_facts"]["total"] == 7
+        assert (ev["adapter"] is None) == (name == "base")
     assert (tmp_path / "processed" / "validation_report.json").is_file()

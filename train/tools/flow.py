@@ -28,7 +28,7 @@ TINY_MODEL = Path("models/tiny-ministral3")
 TINY_COMMON = ["--max-length", "1024", "--micro-batch-size", "16", "--grad-accum", "1", "--lora-r", "64",
                "--lora-alpha", "64", "--lora-dropout", "0.0", "--warmup-ratio", "0.05", "--eval-max-batches", "8",
                "--log-interval", "5"]
-TINY_DAPT = ["--max-length", "512", "--lr", "2e-3", "--max-steps", "60", "--eval-interval", "1000",
+TINY_DAPT = ["--max-length", "512", "--lr", "1e-4", "--max-steps", "60", "--eval-interval", "1000",
              "--save-interval", "1000"]
 TINY_SFT = ["--lr", "2e-3", "--max-steps", "200", "--eval-interval", "1000", "--save-interval", "1000"]
 # Documents are scored in blocks as long as the stand-in was trained on (its pretraining and TINY_DAPT); a

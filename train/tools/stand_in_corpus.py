@@ -177,6 +177,68 @@ def q_clock(rng: random.Random) -> Question:
     return q, r, f"{total // 60 % 24:02d}:{total % 60:02d}."
 
 
+def q_money(rng: random.Random) -> Question:
+    a, b, n = rng.randrange(2, 60), rng.randrange(1, 20), rng.randrange(2, 5)
+    thing, other = rng.sample(("book", "pen", "lamp", "cup", "hat", "bag", "map", "kite"), 2)
+    q = f"A {thing} costs ${a} and a {other} costs ${b}. How much do {n} {thing}s and one {other} cost?"
+    r = f"{n} {thing}s: {n} x ${a} = ${n * a}. Add the {other}: ${n * a} + ${b} = ${n * a + b}."
+    return q, r, f"${n * a + b}."
+
+
+def q_percent(rng: random.Random) -> Question:
+    pct, base = rng.choice((10, 20, 25, 50, 75, 5, 15)), rng.randrange(2, 40) * 20
+    q = rng.choice((f"What is {pct}% of {base}?", f"How much is {pct} percent of {base}?"))
+    r = f"{pct}% means {pct}/100. {base} / 100 = {base / 100:g}, times {pct} = {base * pct / 100:g}."
+    return q, r, f"{base * pct / 100:g}."
+
+
+def q_hex(rng: random.Random) -> Question:
+    n = rng.randrange(16, 4096)
+    h = f"0x{n:X}" if rng.random() < 0.5 else f"0x{n:04X}"
+    digits = f"{n:X}"
+    steps = " + ".join(f"{int(d, 16)} x {16 ** (len(digits) - 1 - i)}" for i, d in enumerate(digits))
+    if rng.random() < 0.5:
+        return (f"What is the hexadecimal number {h} in decimal?",
+                f"Each hex digit is worth a power of 16: {steps} = {n}.", f"{h} = {n}.")
+    q = f"Write {n} in hexadecimal."
+    r = f"Divide by 16 repeatedly: {n} = {n // 16} x 16 + {n % 16}" + (
+        f", {n // 16} = {n // 256} x 16 + {n // 16 % 16}" if n >= 256 else "") + f". The digits read {digits}."
+    return q, r, f"{n} = 0x{digits}."
+
+
+def q_binary(rng: random.Random) -> Question:
+    n = rng.randrange(2, 256)
+    b = f"{n:b}"
+    if rng.random() < 0.5:
+        return (f"Write {n} in binary.", "Take away the largest powers of two: " + " + ".join(
+            str(1 << i) for i in range(len(b) - 1, -1, -1) if n >> i & 1) + f" = {n}, so the bits are {b}.", f"{b}")
+    return (f"What is the binary number {b} in decimal?", "Add the place values of the 1 bits: " + " + ".join(
+        str(1 << i) for i in range(len(b) - 1, -1, -1) if n >> i & 1) + f" = {n}.", f"{n}.")
+
+
+def q_expression(rng: random.Random) -> Question:
+    a, b, c, d = rng.randrange(2, 20), rng.randrange(2, 20), rng.randrange(2, 6), rng.randrange(1, 5) * 2
+    q = f"Evaluate ({a} + {b}) * {c} - {d} / 2."
+    r = (f"Brackets first: {a} + {b} = {a + b}. Then * and / from left to right: {a + b} * {c} = {(a + b) * c} and "
+         f"{d} / 2 = {d // 2}. Last the subtraction: {(a + b) * c} - {d // 2} = {(a + b) * c - d // 2}.")
+    return q, r, f"{(a + b) * c - d // 2}."
+
+
+def q_variables(rng: random.Random) -> Question:
+    x, k, m = rng.randrange(1, 10), rng.randrange(2, 5), rng.randrange(1, 9)
+    q = f"After `x = {x}; y = x * {k}; x = y - {m};` runs, what is x?"
+    r = f"Line by line: x = {x}. y = {x} * {k} = {x * k}. x = {x * k} - {m} = {x * k - m}. The last assignment wins."
+    return q, r, f"x = {x * k - m}."
+
+
+def q_list_item(rng: random.Random) -> Question:
+    items = [rng.randrange(0, 100) for _ in range(rng.randrange(4, 8))]
+    i = rng.randrange(len(items))
+    q = f"In the list [{', '.join(map(str, items))}], which value is item #{i + 1}?"
+    r = "Count from the left: " + ", ".join(f"#{k + 1} = {v}" for k, v in enumerate(items[:i + 1])) + "."
+    return q, r, f"{items[i]}."
+
+
 # ------------------------------------------------------------------------------------------------ words
 
 def q_reverse(rng: random.Random) -> Question:
@@ -313,6 +375,7 @@ def q_odd_one_out(rng: random.Random) -> Question:
 
 QUESTION_KINDS: tuple[Callable[[random.Random], Question], ...] = (
     q_add, q_sub, q_mul, q_div, q_compare, q_sum_list, q_sequence, q_parity, q_story_count, q_units, q_clock,
+    q_money, q_percent, q_hex, q_binary, q_expression, q_variables, q_list_item,
     q_reverse, q_length, q_letter, q_alpha, q_vowels, q_plural, q_rhyme, q_days, q_months,
     q_order, q_syllogism, q_boolean, q_if_then, q_odd_one_out)
 
@@ -339,7 +402,9 @@ TOPICS = {
 LINKS = ("Then", "Later", "After that", "Meanwhile", "Soon", "In the end")
 COMMENTS = ("It is quiet work, and nobody hurries.", "The air smells of rain.", "Everyone seems pleased with the result.",
             "A dog watches from the doorway.", "The light changes slowly.", "Nobody says very much.",
-            "It takes longer than planned.", "Some of it will be left for tomorrow.")
+            "It takes longer than planned.", "Some of it will be left for tomorrow.",
+            "A sign says: 10% off, today only.", "The bill comes to $14.50.", "Room #3 is already full.",
+            "Someone has written \"back at 5\" on the door.", "The list reads: (1) bread; (2) milk; (3) eggs.")
 
 
 def prose_paragraph(rng: random.Random) -> str:
