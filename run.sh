@@ -12,14 +12,16 @@ usage() {
   cat <<'TXT'
 Usage: ./run.sh [VERB] [FLAGS...]
 
-  ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks
-                                    (builds the tiny local model when models/Ministral-3-8B-Thinking is absent)
+  ./run.sh                          full flow on the defaults: data -> DAPT -> SFT -> post-training checks ->
+                                    C64 evaluation of base, DAPT and SFT (uses the cached STAND-IN model, built
+                                    on first use, when models/Ministral-3-8B-Thinking is absent)
   ./run.sh flow [FLAGS]             the same full flow with its own flags (--help lists them)
   ./run.sh --phase dapt|sft FLAGS   one training phase (python -m train.main; see --phase dapt --help)
   ./run.sh setup                    create .venv and install requirements (idempotent)
   ./run.sh test [PYTEST ARGS]       the test suite (what .ci/run calls)
-  ./run.sh tiny-model --out DIR [--text-only] [--seed N]
-                                    build the tiny local Ministral 3 checkpoint
+  ./run.sh tiny-model --out DIR [--text-only] [--seed N] [--untrained] [--force]
+                                    build (or reuse) the stand-in: a tiny Ministral 3 pretrained on generic
+                                    material to answer in the reasoning contract
   ./run.sh random-model --shape 8b --out DIR [--layers N] [--seed S]
                                     random-weight checkpoint in the released 8B layout (~17 GB at full depth)
   ./run.sh scale-check --model-path DIR --work-dir DIR
@@ -35,6 +37,8 @@ Usage: ./run.sh [VERB] [FLAGS...]
                                     vlm_adapter/ (lineage included) and, with --merge, a merged model folder
   ./run.sh report RUN_DIR... [--out FILE]
                                     rebuild RUN_DIR/report.html; several run folders share the axes
+  ./run.sh eval --model-path M [--adapter DIR] [--out FILE]
+                                    C64 evaluation: held-out facts, contract, document loss -> eval_report.json
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
 
@@ -96,6 +100,7 @@ case "$verb" in
   chat)        shift; exec "$PY" -m train.tools.chat "$@" ;;
   export)      shift; exec "$PY" -m train.tools.export_run "$@" ;;
   report)      shift; exec "$PY" -m train.report "$@" ;;
+  eval)        shift; exec "$PY" -m train.tools.evaluate "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;

@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from contract.errors import UserError
-from data import conversations, dapt_corpus, discover, risk_signals, split, think_metrics
+from data import conversations, dapt_corpus, discover, held_out, risk_signals, split, think_metrics
 from data import rejections as R
 from data.reference_tables import TABLE_NAMES, load_tables
 from data.reference_text import render
@@ -160,9 +160,23 @@ def build_dapt(found, raw_dir: Path, tables: dict, args, rejections, report_inpu
 def build_sft(found, raw_dir: Path, tables: dict, setup: ModelSetup, args, rejections, turns: TurnStats,
               report_inputs) -> tuple[list[Row], dict]:
     rows: list[Row] = []
+    # Evaluation-only facts (data/held_out.py): no Q/A pair about a held-out row, and no example that states one.
+    facts = held_out.held_out_facts(tables)
+    skipped = {"held_out_row": 0, "states_held_out_fact": 0}
+
+    def exclude(ex) -> bool:
+        reason = ("held_out_row" if held_out.is_held_out(ex.group) else
+                  "states_held_out_fact" if held_out.leaks(f"{ex.question}\n{ex.reasoning}\n{ex.answer}", facts)
+                  else None)
+        if reason:
+            skipped[reason] += 1
+        return reason is not None
+
     bar = progress(len(available_kinds(tables)), "generate SFT")
-    examples = generate(tables, args.sft_max, args.seed, progress=bar) if tables else []
+    examples = generate(tables, args.sft_max, args.seed, progress=bar, exclude=exclude) if tables else []
     bar.close()
+    report_inputs["held_out_for_eval"] = {"fraction_of_rows": held_out.HELD_OUT_FRACTION, "facts": len(facts),
+                                          "generated_examples_skipped": skipped}
     for ex in examples:
         assistant = {"role": "assistant", "content": f"[THINK]{ex.reasoning}[/THINK]{ex.answer}"}
         checked = conversations.check([{"role": "user", "content": ex.question}, assistant], setup.system_prompt)
@@ -297,7 +311,8 @@ def run(args) -> int:
         write_jsonl(out / "dapt" / f"{s}.jsonl",
                     [{"id": d.id, "source": d.source, "text": d.text} for d in docs if d.split == s])
         write_jsonl(out / "sft" / f"{s}.jsonl",
-                    [{"id": r.id, "source": r.source, "messages": r.messages} for r in rows if r.split == s])
+                    [{"id": r.id, "source": r.source, "group": r.group, "messages": r.messages}
+                     for r in rows if r.split == s])
 
     counter = TokenCounter(setup.tokenizer)
     report = make_report(args, setup, raw_dir, reference_dir, found, tables, docs, dups, rule_counts, rows,
@@ -330,7 +345,8 @@ def make_report(args, setup, raw_dir, reference_dir, found, tables, docs, dups, 
     sft = {"counts": _split_counts(rows), "by_source": _count_by(rows, lambda r: r.source),
            "generated": sum(1 for r in rows if r.id.startswith("gen-")),
            "user_rows": sum(1 for r in rows if not r.id.startswith("gen-")),
-           "groups": {s: len({r.group for r in rows if r.split == s}) for s in ("train", "validation")}}
+           "groups": {s: len({r.group for r in rows if r.split == s}) for s in ("train", "validation")},
+           "held_out_for_eval": report_inputs.get("held_out_for_eval")}
     if conv_lengths:
         conv = {s: length_stats([conv_lengths[r.id] for r in rows if r.split == s]) for s in ("train", "validation")}
     else:

@@ -26,15 +26,15 @@ def available_kinds(tables) -> list[tuple[str, str, object]]:
     return [(m.TABLE, kind, fn) for m in MODULES if m.TABLE in tables for kind, fn in m.KINDS.items()]
 
 
-def _pool(fn, tables, seed: int, table: str, kind: str, cap: int) -> list[Example]:
-    """Up to `cap` examples with distinct questions and distinct reasoning."""
+def _pool(fn, tables, seed: int, table: str, kind: str, cap: int, exclude=None) -> list[Example]:
+    """Up to `cap` examples with distinct questions and distinct reasoning, none for which exclude(example) holds."""
     rng = random.Random(f"{seed}:{table}:{kind}")
     out: list[Example] = []
     seen_q, seen_r = set(), set()
     misses = 0
     for ex in fn(tables, rng):
         q, r = norm(ex.question), norm(ex.reasoning)
-        if q in seen_q or r in seen_r:
+        if q in seen_q or r in seen_r or (exclude is not None and exclude(ex)):
             misses += 1
             if misses > 4 * cap + 100:   # a random kind that keeps repeating itself is exhausted
                 break
@@ -65,7 +65,9 @@ def waterfill(capacity: dict[str, int], total: int) -> dict[str, int]:
     return alloc
 
 
-def generate(tables: dict, max_examples: int, seed: int, progress=None) -> list[Example]:
+def generate(tables: dict, max_examples: int, seed: int, progress=None, exclude=None) -> list[Example]:
+    """`max_examples` examples balanced over tables and kinds; exclude(example) -> True keeps one out (the
+    evaluation's held-out facts, data/held_out.py)."""
     kinds = available_kinds(tables)
     if not kinds or max_examples <= 0:
         return []
@@ -73,7 +75,7 @@ def generate(tables: dict, max_examples: int, seed: int, progress=None) -> list[
     cap = math.ceil(2 * max_examples / n_tables)
     pools: dict[tuple[str, str], list[Example]] = {}
     for table, kind, fn in kinds:
-        pools[(table, kind)] = _pool(fn, tables, seed, table, kind, cap)
+        pools[(table, kind)] = _pool(fn, tables, seed, table, kind, cap, exclude)
         if progress is not None:
             progress.update(1)
     table_capacity = {}

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny checkpoints are built once per test session into a temp folder (never committed)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,6 +23,33 @@ def tiny_text_model_dir(tmp_path_factory) -> Path:
     """The text-only layout (Ministral3ForCausalLM)."""
     from train.tools.tiny_model import build
     return build(tmp_path_factory.mktemp("tiny-text"), text_only=True, seed=0)
+
+
+# The stand-in's recipe scaled down to seconds: a small generic corpus, a 4-prompt self-check with an 8-token
+# budget (with --pretrain-steps 2 the "pretrained" model is still nearly random; the tests check the build, the
+# layout and the cache, not what it learned).
+FAST_STAND_IN = {"STAND_IN_CORPUS": dict(conversations=96, prose=8, validation_conversations=8, validation_prose=2),
+                 "SELF_CHECK_PROMPTS": 4, "SELF_CHECK_BUDGET": 8}
+
+
+@contextlib.contextmanager
+def fast_stand_in():
+    import train.tools.tiny_model as tm
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in FAST_STAND_IN.items():
+            mp.setattr(tm, name, value)
+        yield
+
+
+@pytest.fixture(scope="session")
+def stand_in_dir(tmp_path_factory) -> Path:
+    """A stand-in built by `./run.sh tiny-model` itself (random checkpoint -> train.main pretraining -> the
+    released layout), with the fast recipe above and 2 pretraining steps."""
+    from train.tools.tiny_model import main
+    out = tmp_path_factory.mktemp("models") / "tiny-ministral3"
+    with fast_stand_in():
+        assert main(["--out", str(out), "--pretrain-steps", "2"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

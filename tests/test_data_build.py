@@ -66,7 +66,7 @@ def test_rows_have_the_documented_shape(sample):
     for row in read_jsonl(out / "dapt" / "train.jsonl"):
         assert set(row) == {"id", "source", "text"} and row["text"].strip()
     for row in read_jsonl(out / "sft" / "train.jsonl"):
-        assert set(row) == {"id", "source", "messages"}
+        assert set(row) == {"id", "source", "group", "messages"}
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["system", "user", "assistant"]
         content = row["messages"][2]["content"]

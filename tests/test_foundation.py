@@ -115,5 +115,5 @@ def test_lora_targets_exclude_vision_tower(tiny_model_dir):
 
 def test_run_sh_help_lists_every_verb():
     out = subprocess.run([str(ROOT / "run.sh"), "--help"], capture_output=True, text=True, check=True).stdout
-    for verb in ("setup", "test", "tiny-model", "data", "inspect", "check", "bench", "--phase"):
+    for verb in ("setup", "test", "tiny-model", "data", "inspect", "check", "eval", "bench", "--phase"):
         assert verb in out

@@ -41,6 +41,24 @@ def test_labels_only_loss_and_grads_equal_full_logits(tiny_text_model_dir, atten
     assert worst < 1e-5, worst
 
 
+def test_labels_only_loss_gives_every_weight_its_gradient_without_lora(tiny_text_model_dir):
+    # --no-use-lora: the LM head and the embedding train too; the lean loss must give them the plain gradients.
+    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32", use_lora=False).resolve()
+    lm = causal_lm(build_model(cfg, torch.device("cpu"), lambda _: None))
+    g = torch.Generator().manual_seed(4)
+    rows = [Row(f"r{i}", ids, ids) for i, ids in enumerate(torch.randint(1000, 4000, (3, 40), generator=g).tolist())]
+    batch = collate(rows)
+    grads = []
+    for fn in (lambda: full_logits_loss_sum(lm, batch), lambda: labels_only_loss_sum(lm, batch, 9)):
+        lm.zero_grad(set_to_none=True)
+        fn().backward()
+        grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
+    plain, lean = grads
+    assert lean.keys() == plain.keys() and "lm_head.weight" in lean and "model.embed_tokens.weight" in lean
+    worst = max(((lean[n] - plain[n]).abs().max() / plain[n].abs().max().clamp_min(1e-12)).item() for n in plain)
+    assert worst < 1e-5, worst
+
+
 def test_labels_only_loss_without_grad_and_empty_labels(tiny_text_model_dir):
     cfg = TrainConfig(phase="sft", model_path=str(tiny_text_model_dir), precision="fp32").resolve()
     lm = causal_lm(build_model(cfg, torch.device("cpu"), lambda _: None))

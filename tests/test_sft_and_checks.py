@@ -73,7 +73,7 @@ def test_sft_refuses_data_without_the_contract_system_prompt(tiny_model_dir, pro
     assert "prompt contract" in err and "system_prompt_mismatch" in err
 
 
-def test_post_training_checks_report(sft_run, capsys):
+def test_post_training_checks_report(sft_run, processed, capsys):
     from train.tools.post_checks import main as check_main
     # 4 steps cannot teach the format: the contract check must fail, and say why, with a non-zero exit.
     assert check_main(["--run-dir", str(sft_run), "--limit", "4", "--max-new-tokens", "16", "--device", "cpu"]) == 1
@@ -83,7 +83,11 @@ def test_post_training_checks_report(sft_run, capsys):
                  "template_has_generation_blocks", "adapter_loads_with_peft", "prompt_contract_in_rendered_prompts"):
         assert by_name[name]["passed"], name
     gen = by_name["greedy_generations_pass_reasoning_contract"]
-    assert not gen["passed"] and gen["detail"]["total"] == 4 and gen["detail"]["failure_codes"]
+    n_validation = len((processed / "sft" / "validation.jsonl").read_text().splitlines())
+    detail = gen["detail"]
+    assert not gen["passed"] and detail["total"] == min(4, n_validation) and detail["failure_codes"]
+    assert detail["broke_contract"] + detail["cut_by_budget"] == detail["total"] - detail["passed"]
+    assert detail["max_new_tokens"] == 16
     assert report["passed"] is False and 0 <= report["contract_pass_rate"] < 0.9
     assert "FAILED" in capsys.readouterr().out
 
@@ -106,22 +110,41 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
 
 
 @pytest.mark.slow
-def test_flow_end_to_end_reduced(tmp_path, monkeypatch):
+def test_flow_end_to_end_reduced(tmp_path, monkeypatch, stand_in_dir, capsys):
+    import shutil
+
+    from conftest import fast_stand_in
     from train.tools.flow import main as flow_main
     monkeypatch.chdir(ROOT)  # templates/ and data/raw are found relative to the project, as with ./run.sh
+    models = tmp_path / "models"
+    shutil.copytree(stand_in_dir, models / "tiny-ministral3")   # the cached stand-in, as a second ./run.sh finds it
+    # A nearly untrained stand-in never stops by itself: its own generation budget keeps the checks short.
+    config = json.loads((stand_in_dir / "generation_config.json").read_text()) | {"max_new_tokens": 8}
+    (models / "tiny-ministral3" / "generation_config.json").write_text(json.dumps(config))
     # The flow has no --device: it takes --device auto's choice, which this CPU test pins to the CPU.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(tmp_path / "models"),
-                    "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
-                    "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7"])
+    with fast_stand_in():
+        rc = flow_main(["--model-path", str(tmp_path / "no-model-here"), "--models-dir", str(models),
+                        "--data-dir", str(tmp_path / "processed"), "--sft-max", "60", "--dapt-steps", "2",
+                        "--sft-steps", "2", "--check-limit", "2", "--check-threshold", "0", "--seed", "7",
+                        "--stand-in-steps", "2", "--eval-per-kind", "1"])
     assert rc == 0
-    sft = tmp_path / "models" / "fine-tuned-sft"
+    out = capsys.readouterr().out
+    assert "STAND-IN model" in out and "is up to date" in out and "held-out C64 document loss" in out
+    sft = models / "fine-tuned-sft"
     report = json.loads((sft / "post_training_report.json").read_text())
     assert report["passed"] and "contract_pass_rate" in report
     args = json.loads((sft / "training_args.json").read_text())
     assert args["lineage"]["base_adapter"].endswith("fine-tuned-dapt")
-    dapt_args = json.loads((tmp_path / "models" / "fine-tuned-dapt" / "training_args.json").read_text())
+    dapt_args = json.loads((models / "fine-tuned-dapt" / "training_args.json").read_text())
     assert args["seed"] == dapt_args["seed"] == 7  # --seed reaches both phases
     summary = json.loads((sft / "flow_summary.json").read_text())
-    assert summary["tiny"] is True and set(summary["stage_seconds"]) == {"model", "data", "dapt", "sft", "check"}
+    assert summary["tiny"] is True and set(summary["stage_seconds"]) == {
+        "stand-in", "data", "dapt", "sft", "check", "eval base", "eval DAPT", "eval SFT"}
+    assert set(summary["evaluation"]) == {"base", "DAPT", "SFT"}
+    for name, path in (("base", models / "eval_report_base.json"), ("DAPT", models / "fine-tuned-dapt" / "eval_report.json"),
+                       ("SFT", sft / "eval_report.json")):
+        ev = json.loads(path.read_text())
+        assert ev["contract"]["max_new_tokens"] == 8 and ev["held_out_facts"]["total"] == 7
+        assert (ev["adapter"] is None) == (name == "base")
     assert (tmp_path / "processed" / "validation_report.json").is_file()

@@ -212,7 +212,7 @@ def test_accumulation_is_token_weighted_over_the_window(tiny_text_model_dir):
 @pytest.mark.parametrize("extra, message", [
     (["--phase", "sft", "--packing"], "packing"),
     (["--phase", "dapt", "--precision", "fp16", "--device", "cpu"], "fp16 on CPU"),
-    (["--phase", "dapt", "--no-use-lora"], "full fine-tuning"),
+    (["--phase", "dapt", "--no-use-lora", "--merge"], "already writes the whole model"),
     (["--phase", "dapt", "--assistant-only-loss"], "DAPT trains on every token"),
     (["--phase", "dapt", "--profile-steps", "3"], "A:B"),
 ])

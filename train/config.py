@@ -33,7 +33,9 @@ class TrainConfig:
     output_dir: str = _opt(None, "run folder for adapter, logs and checkpoints (default models/fine-tuned-<phase>)")
     base_adapter: str = _opt(None, "adapter merged into the base weights before training (SFT on top of DAPT)")
     precision: str = _opt("bf16", "bf16 autocast with frozen bf16 base weights, or fp32", choices=("bf16", "fp32", "fp16"))
-    use_lora: bool = _opt(True, "train LoRA adapters (full fine-tuning is not part of this recipe)")
+    use_lora: bool = _opt(True, "train LoRA adapters on the frozen base; --no-use-lora trains every weight of the "
+                          "text model in fp32 instead (full-parameter: how the stand-in model is pretrained, not "
+                          "part of the fine-tuning recipe)")
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
@@ -132,8 +134,11 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
     errors = []
     if cfg.phase not in ("dapt", "sft"):
         errors.append("--phase must be dapt or sft")
-    if not cfg.use_lora:
-        errors.append("--no-use-lora: full fine-tuning is not part of this recipe; the loop trains LoRA adapters only")
+    if not cfg.use_lora and cfg.fsdp:
+        errors.append("--no-use-lora with --fsdp: full-parameter training is meant for models that fit one device "
+                      "(the stand-in's pretraining); drop --fsdp")
+    if not cfg.use_lora and cfg.merge:
+        errors.append("--no-use-lora with --merge: a full-parameter run already writes the whole model; drop --merge")
     if cfg.phase == "sft" and cfg.packing:
         errors.append("--packing with --phase sft: packing mixes conversations in one row and breaks "
                       "assistant-only masking; use --no-packing")

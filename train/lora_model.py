@@ -1,5 +1,5 @@
 """The model the loop trains: the base text model (frozen), an earlier adapter merged in, fresh LoRA adapters;
-optionally sharded with FSDP2."""
+optionally sharded with FSDP2. With --no-use-lora: the whole text model, every weight trainable in fp32."""
 from __future__ import annotations
 
 import torch
@@ -17,13 +17,16 @@ def build_model(cfg, device: torch.device, log, mesh=None):
     # Under FSDP the whole model is read into host memory first and fully_shard moves only this process's
     # shards to the device, layer by layer: the point of --fsdp is a model that does not fit one device.
     load_device = torch.device("cpu") if mesh is not None else device
-    model = load_text_model(cfg.model_path, dtype=base_dtype(cfg.precision), device=load_device)
+    # Full-parameter weights are the optimizer's master copy: fp32, as the adapters are (autocast still runs
+    # the matmuls in bf16).
+    dtype = base_dtype(cfg.precision) if cfg.use_lora else torch.float32
+    model = load_text_model(cfg.model_path, dtype=dtype, device=load_device)
     log(f"attention: {set_attention(model, cfg, device)}")
     if cfg.base_adapter:
         # SFT on top of DAPT: fold the DAPT adapter into the base weights, then train a fresh adapter.
         log(f"merging base adapter {cfg.base_adapter} into the base weights")
         model = PeftModel.from_pretrained(model, cfg.base_adapter).merge_and_unload()
-    model = attach_lora(model, cfg)
+    model = attach_lora(model, cfg) if cfg.use_lora else all_weights_trainable(model, cfg)
     if mesh is not None:
         shard_model(model, mesh, device)
     return model
@@ -65,6 +68,18 @@ def attach_lora(model, cfg):
     return model
 
 
+def all_weights_trainable(model, cfg):
+    """--no-use-lora: the text model itself, every weight trainable (the stand-in's pretraining)."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if cfg.compile:
+        compile_layers(model)
+    return model
+
+
 def compile_layers(model) -> None:
     # Per decoder layer rather than the whole model: the layers share graphs (same code, parameters are
     # graph inputs), compile time stays flat in depth, and the labels-only loss outside stays eager.
@@ -73,7 +88,7 @@ def compile_layers(model) -> None:
     # input needs no grad and the others' does; train, eval and the shared-prefix calls differ too), and
     # past it dynamo quietly runs everything eager, which a deep model reaches with the default of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for layer in model.base_model.model.model.layers:
+    for layer in causal_lm(model).model.layers:
         layer.compile(dynamic=True)
 
 
@@ -123,5 +138,6 @@ def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
 
 
 def causal_lm(model):
-    """The Ministral3ForCausalLM inside the PeftModel (LoRA layers are injected in place)."""
-    return model.base_model.model
+    """The Ministral3ForCausalLM inside the PeftModel (LoRA layers are injected in place), or the model itself
+    when it is trained without LoRA."""
+    return model.base_model.model if hasattr(model, "peft_config") else model

@@ -21,18 +21,18 @@ class LinearCrossEntropySum(torch.autograd.Function):
     chunk's logits exist anyway: d(CE)/d(logits) = softmax - onehot, times the head weight. Backward then
     only scales that stored (positions x hidden) tensor. Compared with checkpointing each chunk through
     autograd, the LM head matmul runs twice per chunk instead of three times, and log_softmax's backward
-    never runs. The head weight is frozen (LoRA never adapts it), so no gradient is computed for it.
+    never runs. With LoRA the head weight is frozen and no gradient is computed for it; when it trains
+    (--no-use-lora) its gradient, (softmax - onehot)^T times the chunk's hidden states, is summed the same way.
     Under autocast the logits come from autocast's matmul dtype, as F.linear would give them; the softmax
     and the loss are fp32.
     """
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
-        if weight.requires_grad:
-            raise RuntimeError("LinearCrossEntropySum: the LM head weight requires grad, but this loss computes "
-                               "no gradient for it (the recipe trains LoRA adapters only)")
         want_grad = ctx.needs_input_grad[0]
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if want_grad else None
+        want_weight_grad = ctx.needs_input_grad[1]
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
@@ -45,24 +45,29 @@ class LinearCrossEntropySum(torch.autograd.Function):
             exp = logits.sub_(row_max).exp_()
             sum_exp = exp.sum(dim=-1)
             total += (row_max.squeeze(1) + sum_exp.log() - target_logit).sum()
-            if want_grad:
+            if want_grad or want_weight_grad:
                 probs = exp.div_(sum_exp[:, None])
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 # The same dtype path as autograd through F.linear would take: the gradient of the logits in
-                # the matmul's dtype, times the weight.
-                grad_hidden[start:start + chunk_size] = probs.to(mm_logits.dtype) @ weight.to(mm_logits.dtype)
-                del probs
+                # the matmul's dtype, times the weight (or, for the weight, times the hidden states).
+                grad_logits = probs.to(mm_logits.dtype)
+                if want_grad:
+                    grad_hidden[start:start + chunk_size] = grad_logits @ weight.to(mm_logits.dtype)
+                if want_weight_grad:
+                    grad_weight += grad_logits.T @ h.to(mm_logits.dtype)
+                del probs, grad_logits
             # Free this chunk's logits before the next chunk allocates its own: the loop variables would
             # otherwise keep them alive, and the peak would be one and a half chunks (train/memory_plan.py).
             del mm_logits, logits, exp
-        ctx.save_for_backward(grad_hidden)
-        ctx.hidden_dtype = hidden.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        (grad_hidden,) = ctx.saved_tensors
-        return (grad_hidden * grad_total).to(ctx.hidden_dtype), None, None, None
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return ((grad_hidden * grad_total).to(ctx.hidden_dtype) if grad_hidden is not None else None,
+                (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None, None, None)
 
 
 def trunk_hidden_states(model, batch: dict) -> torch.Tensor:

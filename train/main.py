@@ -160,7 +160,7 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     n_trainable = sum(p.numel() for p in params.values())
     n_total = sum(p.numel() for p in model.parameters())
     log.info(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%) "
-             f"in {len(params)} LoRA tensors")
+             f"in {len(params)} {'LoRA' if cfg.use_lora else 'full-model (--no-use-lora)'} tensors")
     # Dropout streams differ per process (as they would on one big batch), but the init above did not.
     torch.manual_seed(cfg.seed + info.rank)
 
@@ -193,8 +193,9 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     # peak measured here, on this device and dtype, rather than a datasheet number.
     text_cfg = causal_lm(model).config
     mean_len = max(1, round(sum(len(r.input_ids) for r in train_rows) / len(train_rows)))
-    run.flops_per_token = model_flops_per_token(text_cfg, mean_len, n_trainable,
-                                                activation_checkpointing=cfg.gradient_checkpointing)
+    run.flops_per_token = model_flops_per_token(text_cfg, mean_len, n_trainable if cfg.use_lora else 0,
+                                                activation_checkpointing=cfg.gradient_checkpointing,
+                                                full_finetune=not cfg.use_lora)
     run.peak_flops = measure_matmul_peak(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
                                          seconds=0.3)
     if device.type == "cuda":
@@ -210,7 +211,7 @@ def fingerprint(cfg: TrainConfig, info: distributed.DistInfo) -> dict:
     """What must match for a resume to continue the same run (data order, batch shapes, schedule)."""
     keys = ("phase", "seed", "micro_batch_size", "grad_accum", "max_length", "lr", "epochs", "max_steps",
             "warmup_ratio", "min_lr_ratio", "group_by_length", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-            "precision", "model_path", "base_adapter")
+            "precision", "model_path", "base_adapter", "use_lora")
     train_file = Path(cfg.data_dir) / "train.jsonl"
     return {k: getattr(cfg, k) for k in keys} | {"world_size": info.world_size,
                                                  "train_data_sha256": sha256_file(train_file)}
@@ -547,13 +548,15 @@ def finish(run: Run) -> None:
     adapter = {"state_dict": checkpointing.gather_full_trainable(run.model)} if run.fsdp is not None else {}
     if run.info.is_main:
         out = Path(cfg.output_dir)
-        run.model.save_pretrained(out, **adapter)  # adapter_model.safetensors + adapter_config.json, loadable with peft
+        # LoRA: adapter_model.safetensors + adapter_config.json, loadable with peft. --no-use-lora: the whole text
+        # model (config.json + model.safetensors, fp32), a model folder of its own.
+        run.model.save_pretrained(out, **adapter)
         run.tokenizer.save_pretrained(out)
         template = Path(cfg.chat_template_path) if cfg.phase == "sft" else Path(cfg.model_path) / "chat_template.jinja"
         if template.is_file():
             (out / "chat_template.jinja").write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
         exports = {}
-        if read_text_config(cfg.model_path)[1] == "mistral3":
+        if cfg.use_lora and read_text_config(cfg.model_path)[1] == "mistral3":
             exports["vlm_adapter"] = str(export_vlm_adapter(out))
         write_training_args(run, finished=True, extra={"exports": exports,
             "result": {"steps": run.state.step, "skipped_steps": run.state.skipped_steps,

@@ -11,6 +11,7 @@ example and the reason (codes below; docs/specs/reasoning_contract.md explains e
 from __future__ import annotations
 
 import json
+import re
 import sys
 from bisect import bisect_left
 from collections import Counter
@@ -51,6 +52,7 @@ _CONTROL_NAMES = {i: t for t, i in CONTROL_TOKEN_IDS.items()}
 # Unicode noncharacters: reserved for internal use, so they never occur in real chat text. They mark the
 # generation blocks in the raw rendering and are removed before anything is tokenized.
 _OPEN_MARK, _CLOSE_MARK = "\ufdd0", "\ufdd1"
+_MARKS = re.compile(f"([{_OPEN_MARK}{_CLOSE_MARK}])")
 _MAX_LISTED = 20
 
 
@@ -177,17 +179,18 @@ def _contains_marks(value) -> bool:
 def _split_marks(raw: str) -> tuple[str, list[tuple[int, int]]]:
     """Remove the marks; return the clean text and the [start, end) character span of every block."""
     out, spans, pos, start = [], [], 0, None
-    for i, ch in enumerate(raw):
-        if ch == _OPEN_MARK:
+    # Split at the marks rather than walk every character: renderings are thousands of characters long.
+    for piece in _MARKS.split(raw):
+        if piece == _OPEN_MARK:
             if start is not None:
                 raise ValueError("nested {% generation %} blocks: a generation block may not contain another")
             start = pos
-        elif ch == _CLOSE_MARK:
+        elif piece == _CLOSE_MARK:
             spans.append((start, pos))
             start = None
         else:
-            out.append(ch)
-            pos += 1
+            out.append(piece)
+            pos += len(piece)
     return "".join(out), spans
 
 

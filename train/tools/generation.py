@@ -7,12 +7,21 @@ the base first, exactly as the run trained.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from contract.tokens import EOS_ID, PAD_ID
+from contract.reasoning import MISSING_THINK_OPEN, NESTED_THINK, CONTROL_TOKEN_IN_ANSWER, validate_token_ids
+from contract.tokens import EOS_ID, NUM_CONTROL_SLOTS, PAD_ID, THINK_CLOSE_ID, THINK_OPEN_ID
 from train.pretrained import load_text_model
+
+# Without a max_new_tokens of the model's own (generation_config.json), a reasoning model gets this many new
+# tokens: a real [THINK] trace of the 8B model on a hard question runs to thousands of tokens, and a budget
+# that cuts it would be read as a broken contract.
+REASONING_BUDGET = 16384
+PASSED, BROKE_CONTRACT, CUT_BY_BUDGET = "passed", "broke_contract", "cut_by_budget"
 
 
 def adapter_lineage(adapter_dir: str | Path) -> dict:
@@ -68,3 +77,67 @@ def greedy_generations(model, prompts: list[list[int]], max_new_tokens: int, bat
         for row in gen[:, width:].tolist():
             out.append(row[:row.index(EOS_ID) + 1] if EOS_ID in row else row)
     return out
+
+
+def generation_budget(model_path: str | Path) -> int:
+    """max_new_tokens for greedy checks of this model: its generation_config.json's max_new_tokens when set,
+    else REASONING_BUDGET (never more than the model's positions allow)."""
+    path = Path(model_path) / "generation_config.json"
+    own = json.loads(path.read_text()).get("max_new_tokens") if path.is_file() else None
+    if own:
+        return int(own)
+    from train.pretrained import read_text_config
+    return min(REASONING_BUDGET, read_text_config(model_path)[0].max_position_embeddings)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One greedy generation against the reasoning contract: passed, broke the contract, or was cut by the
+    budget before it could finish (a too-small budget is not a broken format)."""
+    status: str
+    codes: tuple[str, ...]
+    answer: str | None      # the text after [/THINK] (up to </s>), None when [/THINK] never came
+
+
+def judge_generation(ids: list[int], tokenizer, budget: int) -> Judged:
+    ids = list(ids)
+    verdict = validate_token_ids(ids, tokenizer)
+    answer = None
+    if THINK_CLOSE_ID in ids:
+        after = ids[ids.index(THINK_CLOSE_ID) + 1:]
+        answer = tokenizer.decode(after[:after.index(EOS_ID)] if EOS_ID in after else after, skip_special_tokens=False)
+    if verdict.ok:
+        return Judged(PASSED, (), answer)
+    if EOS_ID not in ids and len(ids) >= budget:
+        # Cut: only what is already wrong in the part written counts as a broken contract.
+        early = []
+        if ids[0] != THINK_OPEN_ID:
+            early.append(MISSING_THINK_OPEN)
+        reasoning = ids[1:ids.index(THINK_CLOSE_ID)] if THINK_CLOSE_ID in ids else ids[1:]
+        if THINK_OPEN_ID in reasoning:
+            early.append(NESTED_THINK)
+        if THINK_CLOSE_ID in ids and any(i < NUM_CONTROL_SLOTS for i in ids[ids.index(THINK_CLOSE_ID) + 1:]):
+            early.append(CONTROL_TOKEN_IN_ANSWER)
+        if not early:
+            return Judged(CUT_BY_BUDGET, (CUT_BY_BUDGET,), answer)
+        return Judged(BROKE_CONTRACT, tuple(early), answer)
+    return Judged(BROKE_CONTRACT, verdict.codes, answer)
+
+
+def contract_summary(judged: list[Judged], budget: int) -> dict:
+    """Counts for a report: the pass rate, broken contracts by failure code, and budget cuts apart."""
+    status = Counter(j.status for j in judged)
+    return {"rate": status[PASSED] / max(1, len(judged)), "passed": status[PASSED], "total": len(judged),
+            "broke_contract": status[BROKE_CONTRACT], "cut_by_budget": status[CUT_BY_BUDGET],
+            "failure_codes": dict(Counter(c for j in judged if j.status == BROKE_CONTRACT for c in j.codes)),
+            "max_new_tokens": budget}
+
+
+def prompt_ids(messages: list[dict], tokenizer, template: str, default_system: str) -> tuple[str, list[int]]:
+    """A conversation up to (not including) its first assistant turn, rendered with the training template as
+    the model sees it when it starts to answer, and its token ids."""
+    from train.masking import render_with_spans
+
+    first_assistant = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    text, _ = render_with_spans(messages[:first_assistant], template, default_system_message=default_system)
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]

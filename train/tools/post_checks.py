@@ -1,12 +1,13 @@
 """Post-training checks: is this run's output fit to use? Writes post_training_report.json and exits
 non-zero when any check fails.
 
-    python -m train.tools.post_checks --run-dir models/fine-tuned-sft [--limit 64] [--threshold 0.9]
+    python -m train.tools.post_checks --run-dir models/fine-tuned-sft [--limit 64] [--threshold 0.95]
 
 Checks: artifacts present and loadable; training_args says assistant-only (and strict) loss was on (SFT);
 metrics finite and the run finished; validation loss after < before; the training template has
 generation blocks; the prompt contract holds in rendered prompts; greedy generations on validation
-prompts pass the reasoning contract at or above the threshold.
+prompts pass the reasoning contract at or above the threshold. A generation the token budget cut before it
+finished is reported apart from one that broke the contract (both count as not passing).
 """
 from __future__ import annotations
 
@@ -15,24 +16,23 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from train.batching import read_jsonl
 from train.device import resolve_device
-from train.tools.generation import greedy_generations, load_for_inference, spread_sample
+from train.tools.generation import (contract_summary, generation_budget, greedy_generations, judge_generation,
+                                    load_for_inference, prompt_ids, spread_sample)
 
 REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_args.json",
             "metrics.jsonl", "train.log", "chat_template.jinja")
 
 
-def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int, device: torch.device,
+def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int | None, device: torch.device,
                sft_dir: str | None = None) -> dict:
     from contract.prompt import check_rendered_prompt, read_model_system_prompt, system_prompt_for
-    from contract.reasoning import validate_token_ids
-    from train.masking import has_generation_blocks, render_with_spans
+    from train.masking import has_generation_blocks
     from train.pretrained import load_tokenizer
 
     checks: list[dict] = []
@@ -82,28 +82,25 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int,
     default_system = read_model_system_prompt(args["model_path"])
     prompts, prompt_failures = [], []
     for r in rows:
-        msgs = r["messages"]
-        first_assistant = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        text, _ = render_with_spans(msgs[:first_assistant], template, default_system_message=default_system)
+        text, ids = prompt_ids(r["messages"], tokenizer, template, default_system)
         if codes := check_rendered_prompt(text, expected_system):
             prompt_failures.append({"id": r["id"], "codes": codes})
-        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        prompts.append(ids)
     check("prompt_contract_in_rendered_prompts", rows and not prompt_failures,
           {"prompts": len(rows), "failures": prompt_failures[:10]})
 
     t0 = time.perf_counter()
-    generations = greedy_generations(device_model, prompts, max_new_tokens, 16, device)
-    verdicts = [validate_token_ids(g, tokenizer) for g in generations]
-    passed = sum(v.ok for v in verdicts)
-    rate = passed / max(1, len(verdicts))
-    codes = Counter(c for v in verdicts for c in v.codes)
-    samples = [{"id": r["id"], "codes": list(v.codes), "generation": tokenizer.decode(g, skip_special_tokens=False)[:600]}
-               for r, g, v in list(zip(rows, generations, verdicts))[:5]]
-    check("greedy_generations_pass_reasoning_contract", rate >= threshold,
-          {"rate": rate, "threshold": threshold, "passed": passed, "total": len(verdicts),
-           "failure_codes": dict(codes), "max_new_tokens": max_new_tokens,
-           "generation_s": round(time.perf_counter() - t0, 1), "samples": samples})
-    report["contract_pass_rate"] = rate
+    budget = max_new_tokens or generation_budget(args["model_path"])
+    generations = greedy_generations(device_model, prompts, budget, 16, device)
+    judged = [judge_generation(g, tokenizer, budget) for g in generations]
+    summary = contract_summary(judged, budget)
+    # Failures first: they are what the report is read for.
+    order = sorted(range(len(judged)), key=lambda i: judged[i].status == "passed")
+    samples = [{"id": rows[i]["id"], "status": judged[i].status, "codes": list(judged[i].codes),
+                "generation": tokenizer.decode(generations[i], skip_special_tokens=False)[:600]} for i in order[:5]]
+    check("greedy_generations_pass_reasoning_contract", summary["rate"] >= threshold,
+          summary | {"threshold": threshold, "generation_s": round(time.perf_counter() - t0, 1), "samples": samples})
+    report["contract_pass_rate"] = summary["rate"]
     report["passed"] = all(c["passed"] for c in checks)
     return report
 
@@ -114,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, help="output folder of a training run")
     ap.add_argument("--sft-dir", default=None, help="SFT data folder (default: the one the run trained on)")
     ap.add_argument("--limit", type=int, default=64, help="validation prompts to generate for, spread evenly over the split")
-    ap.add_argument("--threshold", type=float, default=0.9, help="minimum share of contract-valid generations")
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--threshold", type=float, default=0.95, help="minimum share of contract-valid generations")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="generation budget (default: the base model's generation_config.json max_new_tokens, else "
+                         "16384: real reasoning traces are long)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     device = resolve_device(a.device)
@@ -129,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}")
     if "contract_pass_rate" in report:
         gen = next(c for c in report["checks"] if c["name"] == "greedy_generations_pass_reasoning_contract")
+        d = gen["detail"]
         print(f"  reasoning-contract pass rate on greedy generations: {report['contract_pass_rate']:.1%} "
-              f"({gen['detail']['passed']}/{gen['detail']['total']}), failure codes {gen['detail']['failure_codes']}")
+              f"({d['passed']}/{d['total']}); {d['broke_contract']} broke the contract {d['failure_codes'] or ''}, "
+              f"{d['cut_by_budget']} cut by the budget of {d['max_new_tokens']} tokens")
     print(f"post-training checks {'PASSED' if report['passed'] else 'FAILED'}: {run_dir / 'post_training_report.json'}")
     return 0 if report["passed"] else 1
 
