@@ -29,7 +29,15 @@ def real_width(tmp_path_factory) -> tuple[Path, int]:
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, output[-3000:]
-    return out, usage.ru_maxrss * 1024
+    return out, (usage.ru_maxrss - import_rss()) * 1024
+
+
+def import_rss() -> int:
+    """Peak RSS (KiB) of a process that only imports the builder: the interpreter and torch, which differ by host."""
+    proc = subprocess.Popen([sys.executable, "-c", "import train.tools.random_model, safetensors.torch"], cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss
 
 
 def layout(keys) -> set[str]:
@@ -72,8 +80,11 @@ def test_the_8b_shape_folder_has_the_released_layout(real_width, tiny_model_dir)
     for name in ("tokenizer.json", "chat_template.jinja", "SYSTEM_PROMPT.txt", "generation_config.json"):
         assert (folder / name).is_file(), name
     assert len(load_tokenizer(folder)) <= TEXT_CONFIG_8B["vocab_size"]  # control ids asserted by the loader
-    # Written shard by shard: the peak is about one shard (1.2 GB here), far below the whole model.
-    assert build_peak < 0.6 * index["metadata"]["total_size"], (build_peak, index["metadata"]["total_size"])
+    # Written shard by shard: above what importing torch costs, the peak is about the largest shard, well
+    # below the whole model (which is at least twice that here, so the bound can tell the two apart).
+    largest = max((folder / name).stat().st_size for name in files)
+    assert 2 * largest <= index["metadata"]["total_size"]
+    assert build_peak < 1.3 * largest, (build_peak, largest, index["metadata"]["total_size"])
 
 
 def test_random_weights_depend_only_on_seed_and_position():
