@@ -38,6 +38,8 @@ def fast_stand_in():
     with pytest.MonkeyPatch.context() as mp:
         for name, value in FAST_STAND_IN.items():
             mp.setattr(tm, name, value)
+        # Compiling pays off over hundreds of steps, not over the two the tests take.
+        mp.setattr(tm, "STAND_IN_COMMON", [f for f in tm.STAND_IN_COMMON if f != "--compile"])
         yield
 
 

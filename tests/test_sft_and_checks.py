@@ -148,3 +148,9 @@ def test_flow_end_to_end_reduced(tmp_path, monkeypatch, stand_in_dir, capsys):
         assert ev["contract"]["max_new_tokens"] == 8 and ev["held_out_facts"]["total"] == 7
         assert (ev["adapter"] is None) == (name == "base")
     assert (tmp_path / "processed" / "validation_report.json").is_file()
+    # The run pages are rebuilt after the checks and evaluations, so they show them; one page overlays both phases.
+    for page in ((sft / "report.html").read_text(), (models / "fine-tuned-dapt" / "report.html").read_text()):
+        assert "no Evaluation in the folder yet" not in page and "held_out_facts" in page
+    assert "no Post-training checks in the folder yet" not in (sft / "report.html").read_text()
+    overview = (models / "report.html").read_text()
+    assert "fine-tuned-sft" in overview and "fine-tuned-dapt" in overview

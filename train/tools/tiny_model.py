@@ -53,8 +53,9 @@ STAND_IN_INIT_STD = 0.02
 STAND_IN_CORPUS = dict(conversations=12000, prose=2000, validation_conversations=100, validation_prose=20)
 STAND_IN_COMMON = ["--phase", "dapt", "--no-use-lora", "--max-length", "512", "--micro-batch-size", "16",
                    "--grad-accum", "1", "--warmup-ratio", "0.05", "--eval-interval", "100000",
-                   "--save-interval", "100000", "--eval-max-batches", "8", "--log-interval", "10"]
-STAND_IN_PHASES = {"pretrain": ["--lr", "2e-3", "--max-steps", "200"]}
+                   "--save-interval", "100000", "--eval-max-batches", "8", "--log-interval", "10",
+                   "--attention", "sdpa", "--compile"]
+STAND_IN_PHASES = {"pretrain": ["--lr", "2e-3", "--max-steps", "400"]}
 SELF_CHECK_PROMPTS = 64
 SELF_CHECK_BUDGET = 512   # new tokens per held-out generic prompt; their answers take well under 200
 STAMP = "stand_in.json"
