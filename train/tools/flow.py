@@ -6,7 +6,8 @@ the C64 evaluation of the base, the DAPT and the SFT model, side by side.
 With the real checkpoint in models/Ministral-3-8B-Thinking the phases run with the recipe defaults.
 Without it, the STAND-IN model is used (built once by `./run.sh tiny-model` and cached in models/: a tiny
 Ministral 3 pretrained by this toolkit to answer in the reasoning contract, knowing no C64), and the phases
-run with the tiny preset below: minutes on 2 CPU cores. Stops at the first failing stage with its exit code.
+run with the tiny preset below: minutes on 2 CPU cores. Stops at the first failing stage with its exit code,
+except failed post-training checks: the evaluations still run, then the flow exits 1.
 """
 from __future__ import annotations
 
