@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "train" / "tools"
 
 
+# Pointers to documents outside the repository, spelled in pieces so this file does not cite them itself.
+FOREIGN_DOCS = tuple("".join(parts) for parts in (("DESIGN", " §"), ("DESIGN", " section"), ("DESIGN", ".md"),
+                                                   ("..", "/shared"), ("/work", "/shared")))
+
+
 def imports_of(path: Path) -> list[tuple[str, list[str]]]:
     """(module, imported names) for every import statement in the file, nested ones included."""
     out = []
@@ -57,8 +62,8 @@ def test_no_file_points_outside_the_repository():
         if not path.is_file():
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        for needle in ("DESIGN §", "DESIGN section", "DESIGN.md", "../shared", "/work/shared"):
-            if needle in text and path.name != "test_layout.py":
+        for needle in FOREIGN_DOCS:
+            if needle in text:
                 bad.append((name, needle))
     assert not bad, bad
 
