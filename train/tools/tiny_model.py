@@ -55,8 +55,8 @@ STAND_IN_COMMON = ["--phase", "dapt", "--no-use-lora", "--max-length", "512", "-
                    "--grad-accum", "1", "--warmup-ratio", "0.05", "--eval-interval", "100000",
                    "--save-interval", "100000", "--eval-max-batches", "8", "--log-interval", "10",
                    "--attention", "sdpa", "--compile"]
-# 400 steps (0.87 epoch). At 280 the stand-in answers its own held-out prompts in the contract too, but keeps
-# it on fewer of the C64 evaluation's questions (48/52 against 74/74), and the flow's checks after SFT suffer.
+# 400 steps (0.87 epoch): with fewer, the stand-in still answers its own held-out prompts in the contract but
+# keeps it on fewer C64 questions, and the flow's checks after SFT fail more often (docs/recipe.md).
 STAND_IN_PHASES = {"pretrain": ["--lr", "2e-3", "--max-steps", "400"]}
 SELF_CHECK_PROMPTS = 64
 SELF_CHECK_BUDGET = 512   # new tokens per held-out generic prompt; their answers take well under 200
