@@ -30,9 +30,9 @@ TINY_MODEL = Path("models/tiny-ministral3")
 # for the same rows seen, more and smaller steps fit better. Its batches mix question kinds, because
 # length-grouped batches hold one kind each and then the last few kinds seen decide how the model ends.
 # SDPA: on this preset's shapes it is faster than eager on CPU; compiling pays off on DAPT's fixed shapes.
-TINY_COMMON = ["--max-length", "1024", "--micro-batch-size", "16", "--grad-accum", "1", "--lora-r", "64",
-               "--lora-alpha", "64", "--lora-dropout", "0.0", "--warmup-ratio", "0.05", "--eval-max-batches", "8",
-               "--log-interval", "5", "--attention", "sdpa"]
+TINY_COMMON = ["--max-length", "1024", "--grad-accum", "1", "--lora-r", "64", "--lora-alpha", "64",
+               "--lora-dropout", "0.0", "--warmup-ratio", "0.05", "--eval-max-batches", "8", "--log-interval", "5",
+               "--attention", "sdpa"]
 TINY_DAPT = ["--max-length", "512", "--micro-batch-size", "8", "--lr", "3e-5", "--max-steps", "40",
              "--eval-interval", "1000", "--save-interval", "1000", "--compile"]
 TINY_SFT = ["--micro-batch-size", "4", "--lr", "2e-3", "--max-steps", "600", "--no-group-by-length",
