@@ -82,7 +82,7 @@ def test_post_training_checks_report(sft_run, processed, capsys):
     for name in ("artifacts_present", "assistant_only_loss_on", "run_finished_with_finite_metrics",
                  "template_has_generation_blocks", "adapter_loads_with_peft", "prompt_contract_in_rendered_prompts"):
         assert by_name[name]["passed"], name
-    gen = by_name["greedy_generations_pass_reasoning_contract"]
+    gen = by_name["generate_turns_pass_reasoning_contract"]
     n_validation = len((processed / "sft" / "validation.jsonl").read_text().splitlines())
     detail = gen["detail"]
     assert not gen["passed"] and detail["total"] == min(4, n_validation) and detail["failure_codes"]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from contract.errors import UserError
 from train.device import resolve_device
-from train.tools.generation import (contract_summary, generation_budget, greedy_generations, judge_generation,
+from train.tools.generation import (contract_summary, generation_budget, generate_turns, judge_generation,
                                     load_for_inference, prompt_ids)
 
 SUMMARY_SAMPLES = 3
@@ -97,7 +97,7 @@ def evaluate(model_path: Path, adapter: Path | None, sft_dir: Path, dapt_dir: Pa
     t_gen = time.perf_counter()
     generations = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="[eval] generate", unit="batch", file=sys.stderr):
-        generations += greedy_generations(model, prompts[i:i + batch_size], budget, batch_size, device)
+        generations += generate_turns(model, prompts[i:i + batch_size], budget, batch_size, device)
     gen_s = time.perf_counter() - t_gen
     judged = [judge_generation(g, tokenizer, budget) for g in generations]
     results = {name: [] for name in sets}

@@ -22,6 +22,12 @@ from train.pretrained import load_text_model
 # that cuts it would be read as a broken contract.
 REASONING_BUDGET = 16384
 PASSED, BROKE_CONTRACT, CUT_BY_BUDGET = "passed", "broke_contract", "cut_by_budget"
+# Decoding as the model is served (docs/model.md, "Decoding"): the Ministral 3 Reasoning card recommends temperature
+# 0.7 with the official system prompt, and greedy decoding, which reasoning-model cards warn against, loops. Top-p
+# 0.95 is the sibling Magistral card's. A model folder's generation_config.json overrides both when it sets them.
+RECOMMENDED_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+# generation_config.json fields that make up a sampling recipe; everything else (lengths, ids) is set by the caller.
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 def adapter_lineage(adapter_dir: str | Path) -> dict:
@@ -59,9 +65,22 @@ def spread_sample(rows: list, limit: int) -> list:
     return [rows[i * len(rows) // limit] for i in range(limit)]
 
 
-def greedy_generations(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-                       device: torch.device) -> list[list[int]]:
-    """Greedy continuations, left-padded batches; each result is cut after its first </s>."""
+def sampling_settings(model_path: str | Path) -> dict:
+    """model.generate's sampling arguments for this model: RECOMMENDED_SAMPLING, overridden field by field by the
+    model folder's generation_config.json (a merged export or a run folder carries its base's)."""
+    settings = dict(RECOMMENDED_SAMPLING)
+    if (Path(model_path) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        own = GenerationConfig.from_pretrained(str(model_path)).to_diff_dict()
+        settings |= {k: own[k] for k in SAMPLING_FIELDS if own.get(k) is not None}
+    return {"do_sample": True} | settings
+
+
+def generate_turns(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+                       device: torch.device, sampling: dict | None = None, seed: int = 0) -> list[list[int]]:
+    """Continuations in left-padded batches, greedy or, with `sampling` (sampling_settings()), sampled with a
+    seed per batch so that a run repeats; each result is cut after its first </s>."""
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
@@ -71,8 +90,12 @@ def greedy_generations(model, prompts: list[list[int]], max_new_tokens: int, bat
         for j, p in enumerate(chunk):
             ids[j, width - len(p):] = torch.tensor(p)
             mask[j, width - len(p):] = 1
+        decoding = {"do_sample": False}
+        if sampling:
+            decoding = dict(sampling)
+            torch.manual_seed(seed + i)
         with torch.no_grad():
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **decoding,
                                  max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
         for row in gen[:, width:].tolist():
             out.append(row[:row.index(EOS_ID) + 1] if EOS_ID in row else row)

@@ -22,7 +22,7 @@ import torch
 
 from train.batching import read_jsonl
 from train.device import resolve_device
-from train.tools.generation import (contract_summary, generation_budget, greedy_generations, judge_generation,
+from train.tools.generation import (contract_summary, generation_budget, generate_turns, judge_generation,
                                     load_for_inference, prompt_ids, spread_sample)
 
 REQUIRED = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_args.json",
@@ -91,14 +91,14 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int 
 
     t0 = time.perf_counter()
     budget = max_new_tokens or generation_budget(args["model_path"])
-    generations = greedy_generations(device_model, prompts, budget, 16, device)
+    generations = generate_turns(device_model, prompts, budget, 16, device)
     judged = [judge_generation(g, tokenizer, budget) for g in generations]
     summary = contract_summary(judged, budget)
     # Failures first: they are what the report is read for.
     order = sorted(range(len(judged)), key=lambda i: judged[i].status == "passed")
     samples = [{"id": rows[i]["id"], "status": judged[i].status, "codes": list(judged[i].codes),
                 "generation": tokenizer.decode(generations[i], skip_special_tokens=False)[:600]} for i in order[:5]]
-    check("greedy_generations_pass_reasoning_contract", summary["rate"] >= threshold,
+    check("generate_turns_pass_reasoning_contract", summary["rate"] >= threshold,
           summary | {"threshold": threshold, "generation_s": round(time.perf_counter() - t0, 1), "samples": samples})
     report["contract_pass_rate"] = summary["rate"]
     report["passed"] = all(c["passed"] for c in checks)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in report["checks"]:
         print(f"  [{'PASS' if c['passed'] else 'FAIL'}] {c['name']}")
     if "contract_pass_rate" in report:
-        gen = next(c for c in report["checks"] if c["name"] == "greedy_generations_pass_reasoning_contract")
+        gen = next(c for c in report["checks"] if c["name"] == "generate_turns_pass_reasoning_contract")
         d = gen["detail"]
         print(f"  reasoning-contract pass rate on greedy generations: {report['contract_pass_rate']:.1%} "
               f"({d['passed']}/{d['total']}); {d['broke_contract']} broke the contract {d['failure_codes'] or ''}, "

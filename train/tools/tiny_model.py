@@ -197,7 +197,7 @@ def self_check(model_dir: Path) -> dict:
     from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
     from train.masking import read_template
     from train.pretrained import load_tokenizer
-    from train.tools.generation import (contract_summary, generation_budget, greedy_generations, judge_generation,
+    from train.tools.generation import (contract_summary, generation_budget, generate_turns, judge_generation,
                                         load_for_inference, prompt_ids)
 
     device = torch.device("cpu")
@@ -208,7 +208,7 @@ def self_check(model_dir: Path) -> dict:
                for p in stand_in_corpus.held_out_prompts(SELF_CHECK_PROMPTS)]
     budget = min(SELF_CHECK_BUDGET, generation_budget(model_dir))
     model = load_for_inference(model_dir, None, device)
-    generations = greedy_generations(model, prompts, budget, 16, device)
+    generations = generate_turns(model, prompts, budget, 16, device)
     return contract_summary([judge_generation(g, tokenizer, budget) for g in generations], budget)
 
 
