@@ -30,7 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from train.config import PROJECT_ROOT
+from train.device import default_precision
 
 STEPS = ("data", "load", "dapt", "resume", "sft", "export", "merge")
 LOAD_SNIPPET = ("import sys, time; from train.pretrained import load_text_model; t = time.perf_counter(); "
@@ -80,13 +83,18 @@ def add_plan(row: dict, run_dir: Path) -> dict:
     return row
 
 
+# The recipe's bf16 where this CPU runs it natively; elsewhere bf16 is emulated, many times slower than fp32
+# (a later --precision in --train-flags still wins).
+CPU_PRECISION = default_precision(torch.device("cpu"))
+
+
 def train_cmd(phase: str, model: Path, data: Path, out: Path, length: int, steps: int, *extra: str,
               flags: tuple[str, ...] = ()) -> list[str]:
     data_flag = "--dapt-dir" if phase == "dapt" else "--sft-dir"
     return [sys.executable, "-m", "train.main", "--phase", phase, "--model-path", str(model), data_flag,
             str(data / phase), "--output-dir", str(out), "--max-length", str(length), "--micro-batch-size", "1",
             "--grad-accum", "1", "--max-steps", str(steps), "--eval-max-batches", "1", "--save-interval", "1",
-            "--device", "cpu", *flags, *extra]
+            "--device", "cpu", "--precision", CPU_PRECISION, *flags, *extra]
 
 
 def print_table(rows: list[dict]) -> None:
