@@ -71,3 +71,41 @@ def test_the_corpus_written_for_pretraining_is_deterministic(tiny_model_dir, tmp
         assert a == (tmp_path / "b" / f"{split}.jsonl").read_text()
     first = json.loads(a.splitlines()[0])["text"]
     assert not first.startswith("<s>") and "[/INST]" in a   # the packer adds <s> ... </s> around each document
+
+
+def test_the_shipped_stand_in_matches_the_recipe_and_loads():
+    """data/stand-in is what every first run fine-tunes: it must be this recipe's build, intact, small enough to
+    ship, and answer in the contract."""
+    from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
+    from train.masking import read_template
+    from train.pretrained import load_tokenizer
+    from train.tools.generation import generate_turns, judge_generation, load_for_inference, prompt_ids
+    from train.tools.tiny_model import CONTRACT_FLOOR, SHIPPED, STAMP, file_hashes, recipe, recipe_hash
+    stamp = json.loads((SHIPPED / STAMP).read_text())
+    assert stamp["recipe_sha256"] == recipe_hash(recipe(False, 0, None)), (
+        "the shipped stand-in was built from another recipe: rebuild it with "
+        "./run.sh tiny-model --force --out data/stand-in")
+    assert stamp["files"] == file_hashes(SHIPPED) and stamp["contract_floor"] == CONTRACT_FLOOR
+    assert sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) < 20 * 2**20
+    assert stamp["self_check"]["rate"] >= 0.95 and stamp["self_check"]["total"] == 64
+    # It loads and answers held-out generic prompts in the contract (a few of the build's own self-check).
+    tokenizer = load_tokenizer(SHIPPED)
+    default_system = (SHIPPED / "SYSTEM_PROMPT.txt").read_text(encoding="utf-8")
+    template = read_template(PROJECT_ROOT / DEFAULT_TEMPLATE_PATH)
+    prompts = [prompt_ids(p, tokenizer, template, default_system)[1] for p in corpus.held_out_prompts(4)]
+    model = load_for_inference(SHIPPED, None, torch.device("cpu"))
+    generations = generate_turns(model, prompts, 200, 4, torch.device("cpu"))
+    assert [judge_generation(g, tokenizer, 200).status for g in generations] == ["passed"] * 4
+
+
+def test_a_first_run_copies_the_shipped_stand_in(tmp_path, capsys):
+    from train.tools.tiny_model import SHIPPED, STAMP, file_hashes, main
+    out = tmp_path / "tiny-ministral3"
+    assert main(["--out", str(out)]) == 0
+    assert "copied to" in capsys.readouterr().out
+    assert file_hashes(out) == file_hashes(SHIPPED)
+    assert (out / STAMP).read_bytes() == (SHIPPED / STAMP).read_bytes()
+    assert main(["--out", str(out)]) == 0 and "up to date" in capsys.readouterr().out
+    # A damaged copy is not taken for the stand-in: the next run copies it again.
+    (out / "tokenizer.json").write_text("{}")
+    assert main(["--out", str(out)]) == 0 and "copied to" in capsys.readouterr().out

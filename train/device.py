@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import os
 import resource
+from pathlib import Path
 
 import torch
 
@@ -108,3 +109,17 @@ def steady_cpu_allocator() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, CPU_MMAP_THRESHOLD))
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16: timings are only comparable on the same kind."""
+    import platform
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({'native' if cpu_has_native_bf16() else 'no native'} bf16)"

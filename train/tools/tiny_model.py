@@ -13,7 +13,14 @@ Two steps, both deterministic for a seed at a fixed thread count:
    A greedy check on held-out generic prompts says whether it answers in the contract.
 
 The result is cached: stand_in.json in the folder holds a hash of the recipe (sizes, corpus generator version,
-steps, seed, ...), and a folder whose stamp matches is not built again.
+steps, seed, ...), and a folder whose stamp matches is not built again. The repository ships the built stand-in
+in data/stand-in/ (SHIPPED): when its recipe hash is the current recipe's, it is copied instead of built, so no
+first run spends minutes pretraining and every machine fine-tunes the same weights. `--force` builds anyway;
+`./run.sh tiny-model --force --out data/stand-in` rebuilds the shipped copy.
+
+stand_in.json also declares the stand-in's contract floor (CONTRACT_FLOOR): the pass rate the post-training
+check holds its fine-tunes to, calibrated between good and deliberately broken pipelines (docs/recipe.md,
+"Calibrating the contract floor"); a real checkpoint is held to 0.95.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 
 from contract.errors import UserError
+from train.config import PROJECT_ROOT
 from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
 from train.tools import stand_in_corpus
 from train.tools.model_files import SAMPLE_RAW_DIR, build_tokenizer, sample_texts, write_side_files
@@ -61,6 +69,11 @@ STAND_IN_PHASES = {"pretrain": ["--lr", "2e-3", "--max-steps", "400"]}
 SELF_CHECK_PROMPTS = 64
 SELF_CHECK_BUDGET = 512   # new tokens per held-out generic prompt; their answers take well under 200
 STAMP = "stand_in.json"
+SHIPPED = PROJECT_ROOT / "data" / "stand-in"
+# The share of sampled post-training generations that must keep the contract after the tiny preset's fine-tune:
+# above every broken pipeline of the calibration and below every good seed (docs/recipe.md, "Calibrating the
+# contract floor"). A 4.5M-parameter model cannot be held to the real model's 0.95.
+CONTRACT_FLOOR = 0.80
 
 
 class StandInError(UserError):
@@ -124,13 +137,35 @@ def recipe_hash(r: dict) -> str:
     return hashlib.sha256(json.dumps(r, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a stand-in folder but its stamp, by relative path."""
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != STAMP}
+
+
 def cached(out: Path, r: dict) -> dict | None:
-    """The stamp of a finished stand-in built from this recipe, or None."""
+    """The stamp of a finished stand-in built from this recipe, with today's floor and intact files, or None."""
     path = out / STAMP
     if not path.is_file():
         return None
     stamp = json.loads(path.read_text())
-    return stamp if stamp.get("recipe_sha256") == recipe_hash(r) else None
+    if stamp.get("recipe_sha256") != recipe_hash(r) or stamp.get("contract_floor") != CONTRACT_FLOOR:
+        return None
+    return stamp if stamp.get("files") in (None, file_hashes(out)) else None
+
+
+def copy_shipped(out: Path, r: dict) -> dict | None:
+    """The shipped stand-in copied into `out` when it was built from this recipe, else None."""
+    stamp = cached(SHIPPED, r)
+    if stamp is None or out.resolve() == SHIPPED.resolve():
+        return None
+    work = out.with_name(f".{out.name}.copying")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(SHIPPED, work)
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return stamp
 
 
 def write_corpus(folder: Path, model_dir: Path, seed: int) -> dict:
@@ -216,7 +251,7 @@ def pretrain(out: Path, text_only: bool, seed: int, steps: int | None, r: dict, 
     """Random checkpoint -> pretraining phases (train.main) -> trained checkpoint in `out`, with its stamp."""
     import torch
 
-    from train.device import default_precision, resolve_device
+    from train.device import cpu_name, default_precision, resolve_device
     from train.main import main as train_main
 
     t0 = time.perf_counter()
@@ -246,10 +281,9 @@ def pretrain(out: Path, text_only: bool, seed: int, steps: int | None, r: dict, 
     for name in r["phases"]:
         for f in ("train.log", "metrics.jsonl", "training_args.json"):
             shutil.copy2(work / name / f, logs / f"{name}.{f}")
-    stamp = {"stand_in": True, "recipe": r, "recipe_sha256": recipe_hash(r), "phases": phase_logs,
-             "self_check": check, "precision": precision, "threads": torch.get_num_threads(),
-             "build_seconds": round(time.perf_counter() - t0, 1)}
-    (final / STAMP).write_text(json.dumps(stamp, indent=1))
+    stamp = {"stand_in": True, "recipe": r, "recipe_sha256": recipe_hash(r), "contract_floor": CONTRACT_FLOOR,
+             "phases": phase_logs, "self_check": check, "precision": precision, "threads": torch.get_num_threads(),
+             "cpu": cpu_name(), "build_seconds": round(time.perf_counter() - t0, 1)}
     (final / "README.md").write_text(
         "# STAND-IN MODEL (not Ministral 3)\n\n"
         "A tiny model with Ministral 3's architecture, file layout and control-token ids, built by\n"
@@ -257,6 +291,8 @@ def pretrain(out: Path, text_only: bool, seed: int, steps: int | None, r: dict, 
         "generated generic material (arithmetic, word and logic questions answered in the reasoning contract,\n"
         "and everyday prose); it knows nothing about the Commodore 64. See stand_in.json for its recipe and\n"
         f"its greedy contract pass rate on held-out generic prompts ({check['rate']:.1%}).\n")
+    stamp["files"] = file_hashes(final)
+    (final / STAMP).write_text(json.dumps(stamp, indent=1))
     if out.exists():
         shutil.rmtree(out)
     final.rename(out)
@@ -271,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--untrained", action="store_true", help="random weights only: skip the pretraining")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="override every pretraining phase's step count")
-    ap.add_argument("--force", action="store_true", help="rebuild even when the folder holds this recipe's stand-in")
+    ap.add_argument("--force", action="store_true", help="build even when the folder, or the shipped stand-in in "
+                    f"{SHIPPED.relative_to(PROJECT_ROOT)}, holds this recipe's stand-in")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -285,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     if stamp is not None:
         print(f"[stand-in] STAND-IN model in {out} is up to date (recipe {stamp['recipe_sha256'][:12]}, built in "
               f"{stamp['build_seconds']:.0f}s; held-out contract pass rate {stamp['self_check']['rate']:.1%}): reused")
+        return 0
+    stamp = None if args.force else copy_shipped(out, r)
+    if stamp is not None:
+        print(f"[stand-in] STAND-IN model copied to {out} from the shipped {SHIPPED.relative_to(PROJECT_ROOT)} (recipe "
+              f"{stamp['recipe_sha256'][:12]}, built in {stamp['build_seconds']:.0f}s on {stamp.get('cpu', 'a CPU')}; "
+              f"held-out contract pass rate {stamp['self_check']['rate']:.1%}; contract floor {CONTRACT_FLOOR})")
         return 0
     try:
         stamp = pretrain(out, args.text_only, args.seed, args.pretrain_steps, r)
