@@ -150,7 +150,7 @@ def test_report_overlays_runs_and_shows_results_in_a_real_browser(sft_run, dapt_
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, VENV=sys.prefix))
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = out.read_text(encoding="utf-8")
-    for text in ("generate_turns_pass_reasoning_contract", "<td>FAIL</td>", "c64-qa", "0.125",
+    for text in ("generations_pass_reasoning_contract", "<td>FAIL</td>", "c64-qa", "0.125",
                  "Data statistics", "supervised_tokens"):
         assert text in page, text
 

@@ -82,14 +82,20 @@ def test_post_training_checks_report(sft_run, processed, capsys):
     for name in ("artifacts_present", "assistant_only_loss_on", "run_finished_with_finite_metrics",
                  "template_has_generation_blocks", "adapter_loads_with_peft", "prompt_contract_in_rendered_prompts"):
         assert by_name[name]["passed"], name
-    gen = by_name["generate_turns_pass_reasoning_contract"]
+    gen = by_name["generations_pass_reasoning_contract"]
     n_validation = len((processed / "sft" / "validation.jsonl").read_text().splitlines())
     detail = gen["detail"]
     assert not gen["passed"] and detail["total"] == min(4, n_validation) and detail["failure_codes"]
     assert detail["broke_contract"] + detail["cut_by_budget"] == detail["total"] - detail["passed"]
     assert detail["max_new_tokens"] == 16
     assert report["passed"] is False and 0 <= report["contract_pass_rate"] < 0.9
-    assert "FAILED" in capsys.readouterr().out
+    # Decoded as served (the folder's generation_config.json), with greedy beside it; a model without a
+    # stand_in.json is held to the real checkpoint's bar.
+    assert detail["decoding"] == {"sampling": {"temperature": 0.7, "top_p": 0.95}, "seed": 0}
+    assert detail["floor"] == {"value": 0.95, "source": "the bar for a real checkpoint"}
+    assert detail["greedy"]["total"] == detail["total"] and report["greedy_contract_pass_rate"] < 0.9
+    out = capsys.readouterr().out
+    assert "FAILED" in out and f"< 0.95, the bar for a real checkpoint" in out and "greedy, for comparison" in out
 
 
 def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tmp_path):
