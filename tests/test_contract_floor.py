@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from contract.errors import UserError
+from train.config import TrainConfig
 from train.tools.post_checks import REAL_CHECKPOINT_BAR, contract_floor, floor_line
 
-# The CI pair of the calibration (docs/recipe.md, "Calibrating the contract floor"): a short good SFT and a short
-# broken one on the shipped stand-in, checked on fewer prompts than the flow uses.
-GOOD_STEPS, BROKEN_STEPS, CHECK_LIMIT = 60, 30, 32
+# The CI pair of the calibration (docs/recipe.md, "Calibrating the contract floor"): 10 SFT steps on the shipped
+# stand-in, good at the 8B recipe's learning rate and broken at 20x the tiny preset's, checked on fewer prompts
+# than the flow uses. A short run at the preset's own rate is no good run: the stand-in first loses the
+# contract and regains it only after a few hundred steps (docs/recipe.md).
+STEPS, CHECK_LIMIT = 10, 32
 
 
 def test_the_floor_comes_from_the_base_model_folder(tmp_path):
@@ -77,7 +80,7 @@ def short_sft(model, data, out, steps: int, *extra: str) -> None:
 def test_the_contract_check_passes_a_good_run_at_the_stand_ins_floor(shipped, tmp_path, capsys):
     from train.tools.post_checks import main as check_main
     model, data = shipped
-    short_sft(model, data, tmp_path / "good", GOOD_STEPS)
+    short_sft(model, data, tmp_path / "good", STEPS, "--lr", str(TrainConfig.lr))
     assert check_main(["--run-dir", str(tmp_path / "good"), "--limit", str(CHECK_LIMIT), "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "good" / "post_training_report.json").read_text())
     assert report["passed"] and report["contract_floor"]["value"] < REAL_CHECKPOINT_BAR
@@ -92,8 +95,10 @@ def test_the_contract_check_fails_a_broken_pipeline(shipped, tmp_path):
     from train.tools.post_checks import main as check_main
     model, data = shipped
     flags, _ = variant_setup("lr-20x", tmp_path)
-    short_sft(model, data, tmp_path / "broken", BROKEN_STEPS, *flags)
-    assert check_main(["--run-dir", str(tmp_path / "broken"), "--limit", str(CHECK_LIMIT), "--device", "cpu"]) == 1
+    short_sft(model, data, tmp_path / "broken", STEPS, *flags)
+    # A broken model rarely stops by itself: a shorter budget keeps the check quick and fails it all the same.
+    assert check_main(["--run-dir", str(tmp_path / "broken"), "--limit", str(CHECK_LIMIT), "--max-new-tokens", "256",
+                       "--device", "cpu"]) == 1
     report = json.loads((tmp_path / "broken" / "post_training_report.json").read_text())
     by_name = {c["name"]: c for c in report["checks"]}
     assert not by_name["generations_pass_reasoning_contract"]["passed"]
@@ -118,6 +123,9 @@ def test_calibration_variants_break_what_they_say(tmp_path, tiny_tokenizer):
 
     rows = [{"id": "x", "messages": conv}]
     (enc,), _ = masking.encode_dataset(rows, tiny_tokenizer, good, max_length=None, progress=False)
+    # Strict mode refuses that template before training: the calibration trains it with strict mode off.
+    with pytest.raises(masking.StrictMaskingError, match="instead of </s>"):
+        masking.encode_dataset(rows, tiny_tokenizer, broken, max_length=None, progress=False)
     with shifted_labels():
         (moved,), _ = masking.encode_dataset(rows, tiny_tokenizer, good, max_length=None, progress=False)
     assert moved.input_ids == enc.input_ids and moved.labels == enc.labels[1:] + [masking.IGNORE_INDEX]
