@@ -72,7 +72,7 @@ def shipped(tmp_path_factory):
 
 def short_sft(model, data, out, steps: int, *extra: str) -> None:
     from train.main import main as train_main
-    from train.tools.flow import phase_argv
+    from train.tools.tiny_preset import phase_argv
     assert train_main(phase_argv("sft", model, data, out, True, "fp32", 42, steps) + ["--device", "cpu", *extra]) == 0
 
 

@@ -88,7 +88,7 @@ def variant_setup(name: str, work: Path) -> tuple[list[str], contextlib.Abstract
     if name == "shifted-labels":
         return [], shifted_labels()
     if name == "lr-20x":
-        from train.tools.flow import TINY_SFT
+        from train.tools.tiny_preset import TINY_SFT
         return ["--lr", f"{20 * float(TINY_SFT[TINY_SFT.index('--lr') + 1]):g}"], contextlib.nullcontext()
     if name == "no-assistant-only":
         return ["--no-assistant-only-loss", "--no-strict-assistant-only-loss"], contextlib.nullcontext()
@@ -98,7 +98,7 @@ def variant_setup(name: str, work: Path) -> tuple[list[str], contextlib.Abstract
 def run_one(label: str, model: Path, data: Path, work: Path, seed: int, precision: str, dapt_flags: list[str],
             sft_flags: list[str], context, reuse_dapt: Path | None, check_limit: int) -> dict:
     from train.main import main as train_main
-    from train.tools.flow import phase_argv
+    from train.tools.tiny_preset import phase_argv
     from train.tools.post_checks import main as check_main
 
     t0 = time.perf_counter()
