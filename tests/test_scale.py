@@ -120,8 +120,8 @@ def test_the_flow_runs_at_real_width_and_the_plan_predicts_its_peak(real_width, 
     assert json.loads((sft / "training_args.json").read_text())["lineage"]["base_adapter"] == str(dapt.resolve())
     # The memory plan against each training process's own peak RSS (the plan's runtime term is this process's
     # RSS when it plans; the rest comes from the shapes).
-    # In fp32 (a CPU without native bf16) the plan misses about 16% of DAPT's peak at real width (measured
-    # 2026-12-07: 5.37 GiB predicted, 6.38 GiB RSS); an open defect of the plan, bounded here so it cannot grow.
+    # In fp32 (a CPU without native bf16) the plan under-predicts DAPT's peak at real width (docs/performance.md,
+    # "The memory plan"): an open defect, bounded here so that it cannot grow.
     from train.tools.scale_check import CPU_PRECISION
     tolerance = 0.15 if CPU_PRECISION == "bf16" else 0.20
     for name in ("dapt-64", "resume", "sft"):
