@@ -36,7 +36,8 @@ from train import checkpointing, distributed, forensics, memory_plan, report
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
-from train.device import autocast, peak_memory_mib, refuse_silent_cpu, resolve_device, steady_cpu_allocator
+from train.device import (autocast, expandable_cuda_segments, peak_memory_mib, peak_reserved_mib, refuse_silent_cpu,
+                          resolve_device, steady_cpu_allocator)
 from train.divergence import DivergenceWatch
 from train.export import export_merged, export_vlm_adapter
 from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
@@ -530,7 +531,8 @@ def write_training_args(run: Run, finished: bool, extra: dict | None = None) -> 
         "chat_template_sha256": sha256_file(Path(cfg.chat_template_path)) if cfg.phase == "sft" else None,
         "lineage": {"base_model": str(Path(cfg.model_path).resolve()),
                     "base_adapter": str(Path(cfg.base_adapter).resolve()) if cfg.base_adapter else None},
-        "memory_plan": run.memory_plan.to_dict(peak_memory_mib(run.device)) if run.memory_plan else None,
+        "memory_plan": (run.memory_plan.to_dict(peak_memory_mib(run.device), peak_reserved_mib(run.device))
+                        if run.memory_plan else None),
         "finished": finished,
     } | (extra or {})
     path = Path(cfg.output_dir) / "training_args.json"
@@ -574,6 +576,7 @@ def finish(run: Run) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    expandable_cuda_segments()  # before anything can allocate on a GPU
     if "--replay" in argv:
         return forensics.main(argv)
     cfg = parse_args(argv)
