@@ -156,7 +156,7 @@ def test_measure_matmul_peak_default_cpu_budget():
     assert time.perf_counter() - t0 < 3.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_measure_matmul_peak_cuda_against_the_datasheet():
     """After the 1 s warm-up, cuBLAS's bf16 rate on a known card is a fair share of its datasheet peak, never above."""
     from train.flops import datasheet_peak

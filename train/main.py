@@ -379,11 +379,14 @@ def fit(run: Run, stop: StopSignals) -> None:
                      f"{' ...' if len(window_ids) > 8 else ''}")
             # Under FSDP the gather of the whole adapter is a collective: every process takes part.
             adapter = checkpointing.gather_full_trainable(model) if run.fsdp is not None and n_label > 0 else run.params
-            if info.is_main and n_label > 0:
+            if n_label > 0:
+                # Every process writes its own micro-batches: the bad one may be any process's.
                 bundle = forensics.save_bundle(Path(cfg.output_dir) / "forensics", step, batches, rng_at_start,
-                                               adapter, cfg, window_ids)
-                log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.forensics "
-                         f"--replay {bundle})")
+                                               adapter if info.is_main else None, cfg, window_ids, info.rank,
+                                               info.world_size, str(run.device))
+                if info.is_main:
+                    log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.forensics "
+                             f"--replay {bundle})")
         optimizer.zero_grad(set_to_none=True)
 
         state.step = step

@@ -69,8 +69,13 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int 
 
     tokenizer = load_tokenizer(run_dir)
     dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
-    device_model = load_for_inference(args["model_path"], run_dir, device, dtype)
-    check("adapter_loads_with_peft", True, {"adapter": str(run_dir / "adapter_model.safetensors")})
+    adapter = {"adapter": str(run_dir / "adapter_model.safetensors")}
+    try:
+        device_model = load_for_inference(args["model_path"], run_dir, device, dtype)
+    except Exception as e:  # a failed load is this check's finding, not a traceback
+        check("adapter_loads_with_peft", False, adapter | {"error": f"{type(e).__name__}: {e}"[:2000]})
+        return {"run_dir": str(run_dir), "phase": phase, "checks": checks, "passed": False}
+    check("adapter_loads_with_peft", True, adapter)
     report = {"run_dir": str(run_dir), "phase": phase, "checks": checks}
     if phase != "sft":
         report["passed"] = all(c["passed"] for c in checks)
