@@ -90,6 +90,7 @@ def sft_rows(cfg: TrainConfig, raw: dict[str, list[dict]], tokenizer, log: RunLo
     """SFT rows: the prompt contract on every conversation, then assistant-only labels (train/masking.py)."""
     from contract.prompt import check_conversation, read_model_system_prompt, system_prompt_for
     from train.masking import encode_dataset, read_template
+    from train.template_parity import check_template_parity
 
     # Prompt contract first: a conversation whose system prompt is not ours would teach the model to
     # reason under a prompt it will never see at inference time.
@@ -106,6 +107,8 @@ def sft_rows(cfg: TrainConfig, raw: dict[str, list[dict]], tokenizer, log: RunLo
             log.warn(msg + " — dropped")
             raw[split] = [r for r in rows if not check_conversation(r.get("messages") or [], expected_system)]
     template = read_template(cfg.chat_template_path)
+    # Trained tokens must be served tokens: the folder's own template is the one inference uses.
+    check_template_parity(cfg.model_path, cfg.chat_template_path, tokenizer, cfg.strict_assistant_only_loss, log.warn)
     default_system = read_model_system_prompt(cfg.model_path)
     out, stats = [], {}
     for split in ("train", "validation"):

@@ -64,10 +64,13 @@ def run_checks(run_dir: Path, limit: int, threshold: float, max_new_tokens: int 
     check("validation_loss_improved", before is not None and after is not None and after < before,
           {"before": before, "after": after})
     template = (run_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    if phase == "sft":
-        check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
-
     tokenizer = load_tokenizer(run_dir)
+    if phase == "sft":
+        from train.template_parity import first_difference
+        check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
+        drift = first_difference(args["model_path"], run_dir / "chat_template.jinja", tokenizer)
+        check("template_matches_model_folder", drift is None, {"first_difference": drift})
+
     dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
     adapter = {"adapter": str(run_dir / "adapter_model.safetensors")}
     try:
