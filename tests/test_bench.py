@@ -24,7 +24,7 @@ def test_cpu_bench_reports_the_loop_figures(toy_preset, tmp_path, stock):
     argv = ["--preset", "cpu", "--precision", "fp32", "--device", "cpu", "--out", str(out)]
     assert bench.main(argv + (["--stock-dropout"] if stock else [])) == 0
     r = json.loads(out.read_text())["runs"][0]["ours"]
-    assert r["optimizer_steps"] == 2 and len(r["losses"]) == 2
+    assert r["optimizer_steps"] == 3 and len(r["losses"]) == 3   # 1 warm-up step + the 2 measured
     assert 0 < r["supervised_tokens"] < r["tokens"] <= r["padded_tokens"]
     assert 0 <= r["padding_share"] < 1
     assert r["trained_tokens_per_s"] > 0 and r["all_tokens_per_s"] > r["trained_tokens_per_s"]
@@ -51,3 +51,31 @@ def test_repeat_summarises_every_run(toy_preset, tmp_path, capsys):
     if Path("/proc/self/clear_refs").exists():  # Linux: each run's peak RSS counts from its own start
         assert all(r["ours"]["peak_memory_kind"].startswith("peak RSS of this run") for r in report["runs"])
     assert bench.main(["--preset", "cpu", "--repeat", "0"]) == 2
+
+
+def test_figures_are_steady_state_and_the_model_is_built_in_its_dtype(toy_preset, tmp_path, monkeypatch):
+    """The warm-up step runs but is left out of tokens/s and MFU; the random model's weights are created in the
+    run's dtype (an 8B model built in fp32 first needs 34 GB at once)."""
+    import torch
+    made = []
+    real_init = torch.nn.Linear.reset_parameters
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", lambda self: (made.append(self.weight.dtype),
+                                                                           real_init(self)))
+    model = bench.random_text_model(TOY["shapes"], torch.bfloat16, torch.device("cpu"))
+    assert made and set(made) == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    monkeypatch.undo()
+
+    out = tmp_path / "b.json"
+    assert bench.main(["--preset", "cpu", "--precision", "fp32", "--device", "cpu", "--phase", "dapt",
+                       "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["runs"][0]["ours"]
+    assert r["warmup_steps"] == 1 and len(r["step_times_s"]) == r["optimizer_steps"] == TOY["steps"] + 1
+    steady_s = sum(r["step_times_s"][1:])
+    assert r["steady_wall_s"] == pytest.approx(steady_s, abs=2e-3)
+    # DAPT blocks are all of one length: every step processes the same tokens, so the steady figure is exact.
+    per_step = r["tokens"] / r["optimizer_steps"]
+    assert r["all_tokens_per_s"] == pytest.approx(per_step * TOY["steps"] / steady_s, rel=1e-3)
+    assert r["supervised_tokens"] == r["tokens"] - r["optimizer_steps"] * TOY["accum"] * TOY["micro_batch"]
+    assert r["mfu_peak_source"] == "measured float32 matmul rate on cpu" and r["mfu"] == r["mfu_measured_peak"]
+    assert r["memory_plan"]["predicted_peak_MiB"] == r["predicted_peak_MiB"]

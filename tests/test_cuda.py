@@ -13,7 +13,7 @@ from conftest import write_dapt_data
 from train import device as device_mod
 from train.main import main
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none here)")
+needs_cuda = pytest.mark.cuda   # skipped without a GPU (conftest.py); gpu_check.sh runs every such test
 
 
 @pytest.fixture
@@ -106,14 +106,24 @@ def test_bf16_autocast_on_cuda_runs_matmuls_in_bf16_with_fp32_adapters(tiny_text
 
 
 @needs_cuda
-def test_labels_only_loss_matches_full_logits_under_cuda_autocast(tiny_text_model_dir):
-    from conftest import lora_model
+def test_labels_only_loss_matches_full_logits_with_bf16_weights_and_sdpa_on_cuda(tiny_text_model_dir):
+    """The loop's own build on the GPU (bf16 base weights read to the device, SDPA chosen there), not fp32 CPU weights
+    moved over: the lean loss against the full-logits reference under autocast."""
     from train.batching import Row, collate, to_device
+    from train.config import TrainConfig
     from train.device import autocast
     from train.loss import full_logits_loss_sum, labels_only_loss_sum
-    from train.lora_model import causal_lm
-    model = lora_model(tiny_text_model_dir, phase="dapt").to("cuda")
+    from train.lora_model import build_model, causal_lm
+    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="bf16", lora_dropout=0.0).resolve()
+    model = build_model(cfg, torch.device("cuda"), lambda _: None)
     lm = causal_lm(model)
+    assert lm.config._attn_implementation == "sdpa"
+    assert lm.model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    assert lm.model.layers[0].mlp.up_proj.base_layer.weight.device.type == "cuda"
+    with torch.no_grad():   # non-zero B matrices, so every adapter tensor gets a gradient
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
     rows = [Row("a", list(range(1000, 1040)), [-100] * 10 + list(range(1010, 1040))),
             Row("b", list(range(2000, 2025)), [-100] * 5 + list(range(2005, 2025)))]
     batch = to_device(collate(rows), torch.device("cuda"))
@@ -128,6 +138,19 @@ def test_labels_only_loss_matches_full_logits_under_cuda_autocast(tiny_text_mode
     assert torch.allclose(l1, l2, rtol=2e-2), (l1, l2)
     for a, b in zip(g1, g2):
         assert ((a - b).norm() / b.norm().clamp_min(1e-12)).item() < 5e-2
+
+
+@needs_cuda
+def test_batches_go_to_the_gpu_from_pinned_memory(monkeypatch):
+    from train.batching import Row, collate, to_device
+    pinned = []
+    real = torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.shape) or real(self, *a))
+    batch = collate([Row("a", [1, 2, 3, 4], [-100, 2, 3, 4]), Row("b", [1, 2, 5], [-100, 2, 5])])
+    moved = to_device(batch, torch.device("cuda"))
+    tensors = [k for k, v in batch.items() if torch.is_tensor(v)]
+    assert len(pinned) == len(tensors) and all(moved[k].is_cuda for k in tensors)
+    assert torch.equal(moved["input_ids"].cpu(), batch["input_ids"])
 
 
 @needs_cuda
@@ -148,6 +171,9 @@ def test_two_step_run_on_cuda_with_fused_adamw(tiny_text_model_dir, tmp_path, mo
     args = json.loads((out / "training_args.json").read_text())
     assert args["resolved"]["device"].startswith("cuda") and args["resolved"]["attention"] == "sdpa"
     assert args["memory_plan"]["measured_kind"] == "torch.cuda.max_memory_allocated"
+    plan = args["memory_plan"]
+    assert plan["measured_reserved_MiB"] >= plan["measured_peak_MiB"] > 0 and plan["reserve_MiB"] == 1024
+    assert args["resolved"]["mfu_peak_source"] and args["resolved"]["measured_matmul_flops"] > 0
     train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert len(train) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train)
 

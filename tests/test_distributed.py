@@ -86,3 +86,20 @@ def test_two_processes_match_one_and_resume_exactly(tiny_text_model_dir, small_d
         assert torch.equal(b[k], c[k]), k
     rng = json.loads(next((resumed / "checkpoints").glob("step-*/rng.json")).read_text())
     assert len(rng) == 2, "every rank's RNG state is in the checkpoint"
+
+
+@pytest.mark.parametrize("device, local_rank, refused", [("cuda:1", "0", True), ("cuda:1", "1", False),
+                                                         ("cuda", "1", False), ("auto", "1", False)])
+def test_an_explicit_gpu_index_must_be_the_process_local_rank(monkeypatch, device, local_rank, refused):
+    """Under torchrun every process gets the same --device; a fixed index would put them all on one GPU while
+    the process group binds each to cuda:LOCAL_RANK."""
+    from train.config import ConfigError, parse_args, validate_args
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    cfg = parse_args(["--phase", "dapt", "--device", device])
+    if refused:
+        with pytest.raises(ConfigError, match=r"--device cuda:1 with WORLD_SIZE=2: this process is LOCAL_RANK=0 "
+                                              r"and must use cuda:0"):
+            validate_args(cfg, cuda_available=True)
+    else:
+        validate_args(cfg, cuda_available=True)

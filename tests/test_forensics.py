@@ -30,3 +30,28 @@ def test_replay_of_a_clean_bundle_says_so(tiny_text_model_dir, tmp_path):
     bundle = forensics.save_bundle(tmp_path / "f", 1, [batch], checkpointing.capture_rng(), params, cfg, ["r0"])
     result = forensics.replay(bundle)
     assert result["first_non_finite"] is None and "finite" in result["note"]
+
+
+def test_a_bundle_holds_every_process_batches_and_replays_on_the_recorded_device(tiny_text_model_dir, tmp_path):
+    """Issue 28, item 4: each process writes its own micro-batches; the replay runs all of them, on the device the
+    step ran on unless told otherwise."""
+    import json
+    import pytest
+    cfg = TrainConfig(phase="dapt", model_path=str(tiny_text_model_dir), precision="fp32").resolve()
+    params = trainable_parameters(build_model(cfg, torch.device("cpu"), lambda _: None))
+    mine = [collate([Row(f"r{rank}", list(range(1000 + rank, 1020)), list(range(1000 + rank, 1020)))])
+            for rank in range(2)]
+    filler = mine[0] | {"filler": True}   # an FSDP process's padding micro-batch is not data
+    root = tmp_path / "f"
+    forensics.save_bundle(root, 3, [mine[1], filler], {}, None, cfg, ["r0", "r1"], rank=1, world_size=2, device="cpu")
+    bundle = forensics.save_bundle(root, 3, [mine[0]], checkpointing.capture_rng(), params, cfg, ["r0", "r1"],
+                                   rank=0, world_size=2, device="cpu")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["device"] == "cpu" and meta["world_size"] == 2
+    batches = forensics.bundle_batches(bundle, 2)
+    assert [(rank, int(b["attention_mask"].sum())) for rank, b in batches] == [(0, 20), (1, 19)]
+    result = forensics.replay(bundle)
+    assert result["micro_batches"] == 2 and result["device"] == "cpu" and result["first_non_finite"] is None
+    (bundle / "batches-rank1.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="batches-rank1.safetensors: missing"):
+        forensics.replay(bundle)

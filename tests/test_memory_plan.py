@@ -31,12 +31,13 @@ def text_config(**shape):
 
 
 def recipe(**kw) -> TrainConfig:
-    """The seed's SFT recipe: micro-batch 2 x 2048, LoRA r16 on all projections, bf16."""
-    return dataclasses.replace(TrainConfig(phase="sft").resolve(), **kw)
+    """The seed's SFT recipe on a GPU: micro-batch 2 x 2048, LoRA r16 on all projections, bf16."""
+    return dataclasses.replace(TrainConfig(phase="sft", device="cuda").resolve(), **kw)
 
 
-def saved_bytes(layers: int, cfg: TrainConfig, width: int) -> int:
-    """Bytes autograd keeps for backward in one forward of the labels-only loss (parameters excluded)."""
+def saved_bytes(layers: int, cfg: TrainConfig, width: int, prefix: int = 0) -> int:
+    """Bytes autograd keeps for backward in one forward of the labels-only loss (parameters excluded); with
+    `prefix`, the rows share their first `prefix` tokens (unlabelled) and collate with --share-prefix."""
     from train.attention import set_attention
     from train.loss import labels_only_loss_sum
     from train.lora_model import attach_lora, causal_lm
@@ -47,8 +48,9 @@ def saved_bytes(layers: int, cfg: TrainConfig, width: int) -> int:
     set_attention(base, cfg, CPU)
     model = attach_lora(base, cfg).train()
     g = torch.Generator().manual_seed(0)
-    rows = [Row(f"r{i}", ids := torch.randint(1000, 4096, (width,), generator=g).tolist(), ids)
-            for i in range(cfg.micro_batch_size)]
+    common = torch.randint(1000, 4096, (prefix,), generator=g).tolist()
+    rows = [Row(f"r{i}", ids := common + torch.randint(1000, 4096, (width - prefix,), generator=g).tolist(),
+                [-100] * prefix + ids[prefix:]) for i in range(cfg.micro_batch_size)]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -58,8 +60,10 @@ def saved_bytes(layers: int, cfg: TrainConfig, width: int) -> int:
             storages[s.data_ptr()] = s.nbytes()
         return t
 
+    batch = collate(rows, share_prefix=bool(prefix))
+    assert batch["shared_prefix"] == max(0, prefix - 1)   # the last prefix position predicts a label
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), autocast(CPU, cfg.precision):
-        labels_only_loss_sum(causal_lm(model), collate(rows), cfg.loss_chunk_size)
+        labels_only_loss_sum(causal_lm(model), batch, cfg.loss_chunk_size)
     return sum(storages.values())
 
 
@@ -81,6 +85,63 @@ def test_activations_per_layer_match_what_autograd_keeps(precision, attention, d
     assert abs(predicted - measured) <= 0.05 * measured, (predicted, measured)
 
 
+def test_shared_prefix_path_memory_is_counted_with_its_repeated_key_values(monkeypatch):
+    """The shared-prefix SFT path (rows attend to the prefix's cache through an explicit mask, so SDPA gets K/V
+    repeated to every head) against what autograd keeps: the plan may over-count the prefix rows it runs once,
+    never under-count. One K/V head for four query heads and a short prefix make the repeat visible."""
+    monkeypatch.setitem(SMALL, "num_key_value_heads", 1)
+    width, prefix = 384, 17
+    cfg = TrainConfig(phase="sft", precision="fp32", attention="sdpa", lora_dropout=0.0, micro_batch_size=2,
+                      max_length=width, share_prefix=True, device="cpu").resolve()
+    measured = saved_bytes(2, cfg, width, prefix) - saved_bytes(1, cfg, width, prefix)
+    predicted = estimate(text_config(**SMALL, num_hidden_layers=1), cfg, CPU, width=width, runtime=0)
+    assert measured <= predicted.parts["activations"] <= 1.1 * measured, (predicted.parts["activations"], measured)
+
+
+def test_the_repeated_key_values_at_the_recipe_shape():
+    """2 x 2048 tokens, 34 layers: K and V repeated from 8 to 32 heads add 2 x 24 x 128 bf16 values per token."""
+    text = text_config()
+    off, on = (estimate(text, recipe(share_prefix=sp), CUDA, width=2048, runtime=0).parts["activations"]
+               for sp in (False, True))
+    assert on - off == 34 * 2 * 2048 * 2 * 2 * (32 - 8) * 128
+    assert 1.5 * GiB < on - off < 1.6 * GiB
+
+
+def test_share_prefix_is_off_by_default_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TrainConfig(phase="sft").resolve().share_prefix is False
+    assert TrainConfig(phase="sft", device="cuda:0").resolve().share_prefix is False
+    assert TrainConfig(phase="sft", device="cpu").resolve().share_prefix is True
+    assert TrainConfig(phase="sft", device="cuda", share_prefix=True).resolve().share_prefix is True  # asked for
+
+
+def test_a_gpu_process_keeps_a_reserve_beyond_the_headroom():
+    """What max_memory_allocated never counts (cuBLAS workspaces, fragmentation, NCCL buffers) is kept free:
+    a run whose prediction fills the budget less the 5 % headroom does not fit on a GPU, and fits on a CPU."""
+    text = text_config()
+    cfg = recipe(gradient_checkpointing=True)
+    peak = estimate(text, cfg, CUDA, width=2048, runtime=0).peak
+    budget = str((peak + 2**20) / (1 - HEADROOM) / GiB)
+    one = dataclasses.replace(cfg, memory_budget=budget)
+    with pytest.raises(MemoryPlanError, match="1.0 GiB reserved"):
+        plan(one, text, CUDA, width=2048, embed_rows=None, runtime=0)
+    roomy = dataclasses.replace(cfg, memory_budget=str((peak + 1.1 * GiB) / (1 - HEADROOM) / GiB))
+    assert plan(roomy, text, CUDA, width=2048, embed_rows=None, runtime=0).reserve == GiB
+    with pytest.raises(MemoryPlanError, match="1.5 GiB reserved"):   # NCCL's buffers under torchrun
+        plan(roomy, text, CUDA, width=2048, embed_rows=None, runtime=0, world_size=2)
+    assert memory_plan.reserve_bytes(CPU, 2) == 0
+
+
+def test_main_asks_for_expandable_cuda_segments_before_anything_allocates(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert main(["--phase", "dapt", "--memory-budget", "lots", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "expandable_segments:True" in __import__("os").environ["PYTORCH_ALLOC_CONF"]
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:256")   # the user's own setting stays
+    main(["--phase", "dapt", "--memory-budget", "lots", "--output-dir", str(tmp_path / "o")])
+    assert __import__("os").environ["PYTORCH_ALLOC_CONF"] == "max_split_size_mb:256"
+
+
 def test_the_recipe_is_planned_under_20_gib_so_it_trains_on_a_24_gb_card():
     text = text_config()
     with_ckpt = estimate(text, recipe(gradient_checkpointing=True, share_prefix=False), CUDA, width=2048, runtime=0)
@@ -90,7 +151,7 @@ def test_the_recipe_is_planned_under_20_gib_so_it_trains_on_a_24_gb_card():
     assert without.peak > 24 * GiB, without.describe()
     # --memory-budget auto on a 24 GiB card (what it has free after the CUDA context) picks checkpointing.
     chosen = plan(recipe(memory_budget="23.5"), text, CUDA, width=2048, embed_rows=None, runtime=0)
-    assert chosen.changed == {"gradient_checkpointing": True, "share_prefix": False}
+    assert chosen.changed == {"gradient_checkpointing": True}
     assert chosen.chosen.peak == with_ckpt.peak and len(chosen.considered) == 2
 
 

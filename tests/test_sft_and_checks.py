@@ -115,6 +115,22 @@ def test_post_training_checks_flag_a_run_without_assistant_only_loss(sft_run, tm
     assert {"assistant_only_loss_on", "run_finished_with_finite_metrics"} <= failed
 
 
+def test_an_adapter_that_does_not_load_is_a_failed_check_not_a_traceback(sft_run, tmp_path, capsys):
+    """Issue 28, item 12: adapter_loads_with_peft was recorded as passed whatever happened."""
+    import shutil
+
+    from train.tools.post_checks import main as check_main
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run)
+    weights = run / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert check_main(["--run-dir", str(run), "--limit", "2", "--max-new-tokens", "4", "--device", "cpu"]) == 1
+    report = json.loads((run / "post_training_report.json").read_text())
+    load = next(c for c in report["checks"] if c["name"] == "adapter_loads_with_peft")
+    assert load["passed"] is False and load["detail"]["error"]
+    assert report["passed"] is False and "[FAIL] adapter_loads_with_peft" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_flow_end_to_end_reduced(tmp_path, monkeypatch, stand_in_dir, capsys):
     import shutil

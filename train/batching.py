@@ -145,4 +145,8 @@ def collate(rows: list[Row], pad_id: int = PAD_ID, share_prefix: bool = False) -
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    """The batch's tensors on `device`. To a GPU they go from page-locked memory, without which a non-blocking
+    copy is a blocking one in disguise; on a CPU they stay where they are."""
+    if device.type != "cuda":
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {k: (v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}

@@ -57,8 +57,8 @@ class TrainConfig:
     drop_overlong: bool = _opt(False, "SFT: drop (and count) conversations that do not fit max_length")
     group_by_length: bool = _opt(True, "SFT: batch rows of similar length together to cut padding")
     share_prefix: bool = _opt(None, "SFT: run the prompt prefix all rows of a micro-batch share (the system "
-                              "prompt) once for the whole micro-batch (default on unless --gradient-checkpointing "
-                              "or --fsdp)")
+                              "prompt) once for the whole micro-batch (default on for SFT on a CPU, off on a GPU, "
+                              "and off under --gradient-checkpointing or --fsdp)")
     eval_interval: int = _opt(50, "evaluate on the validation split every N optimizer steps (and at the end)")
     eval_max_batches: int = _opt(None, "cap on validation micro-batches per evaluation (None = whole split)")
     save_interval: int = _opt(100, "write a checkpoint every N optimizer steps (and at the end)")
@@ -117,8 +117,19 @@ class TrainConfig:
         if self.assistant_only_loss is None:
             self.assistant_only_loss = self.phase == "sft"
         if self.share_prefix is None:
-            self.share_prefix = self.phase == "sft" and not self.gradient_checkpointing and not self.fsdp
+            # On a GPU the rows attend to the prefix's cache through an explicit mask, which costs SDPA its fused
+            # kernel and repeats K/V to every head: off there until a GPU A/B shows it pays (docs/performance.md).
+            self.share_prefix = (self.phase == "sft" and not self.gradient_checkpointing and not self.fsdp
+                                 and not self.on_cuda)
         return self
+
+    @property
+    def on_cuda(self) -> bool:
+        """Whether --device resolves to a GPU (auto: when torch sees one)."""
+        if self.device == "auto":
+            import torch
+            return torch.cuda.is_available()
+        return self.device.startswith("cuda")
 
     @property
     def data_dir(self) -> str:
@@ -163,6 +174,15 @@ def validate_args(cfg: TrainConfig, cuda_available: bool) -> None:
                       "use bf16")
     if device.startswith("cuda") and not cuda_available:
         errors.append(f"--device {cfg.device}: CUDA is not available on this machine")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.startswith("cuda:") and world > 1:
+        # The process group binds each process to cuda:LOCAL_RANK (train/distributed.py); a fixed index would
+        # put every process on one GPU while NCCL expects them on different ones.
+        index, local_rank = device.split(":", 1)[1], os.environ.get("LOCAL_RANK", "0")
+        if index != local_rank:
+            errors.append(f"--device {cfg.device} with WORLD_SIZE={world}: this process is LOCAL_RANK={local_rank} and "
+                          f"must use cuda:{local_rank}; pass --device cuda (or auto) and let torchrun place each "
+                          "process on its own GPU (CUDA_VISIBLE_DEVICES chooses which GPUs)")
     if cfg.fsdp:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world < 2:

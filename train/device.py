@@ -51,6 +51,24 @@ def default_precision(device: torch.device) -> str:
     return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
+def expandable_cuda_segments() -> None:
+    """Let the CUDA caching allocator grow segments in place instead of caching one block per size.
+
+    Variable-length SFT batches otherwise leave reserved blocks no later request fits, and the process runs
+    out of memory with gigabytes reserved but free. Read when CUDA first allocates, so this runs first;
+    an allocator configuration the user set is left alone.
+    """
+    if "PYTORCH_ALLOC_CONF" not in os.environ and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        os.environ["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def peak_reserved_mib(device: torch.device) -> float | None:
+    """torch.cuda.max_memory_reserved on a GPU (what the allocator held at most); None elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**20
+    return None
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """torch.cuda.max_memory_allocated on a GPU; the process's peak RSS on the CPU."""
     if device.type == "cuda":

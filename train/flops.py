@@ -29,6 +29,7 @@ Counting conventions (each one is a choice; they are stated here so reported MFU
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 
@@ -134,13 +135,47 @@ def model_flops_per_token(text_config, seq_len: int, lora_params: int = 0, activ
     }
 
 
+# Datasheet dense bf16 tensor-core peaks (FLOP/s, no sparsity), by a pattern of torch.cuda.get_device_name: the
+# denominator papers and peers use for MFU. Sources are in docs/performance.md ("MFU"). First match wins, so the
+# NVL variants (other clocks and power caps) fall through to the measured rate rather than borrow a figure.
+DATASHEET_BF16_PEAKS = (
+    (r"H100.*NVL|H200.*NVL", None),
+    (r"H100.*(SXM|HBM3)", 989.4e12),
+    (r"H100.*PCIe", 756e12),
+    (r"H200", 989.4e12),
+    (r"A100", 312e12),
+    (r"L40S", 362.05e12),
+    (r"RTX 4090", 165.2e12),
+)
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    """The card's datasheet bf16 dense peak, None for a card not in DATASHEET_BF16_PEAKS."""
+    for pattern, peak in DATASHEET_BF16_PEAKS:
+        if re.search(pattern, device_name):
+            return peak
+    return None
+
+
+def mfu_peak(device, dtype: torch.dtype, measured: float) -> tuple[float, str]:
+    """(MFU denominator, its label): the datasheet bf16 peak of a known GPU under bf16, else the measured rate."""
+    device = torch.device(device)
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        name = torch.cuda.get_device_name(device)
+        peak = datasheet_peak(name)
+        if peak is not None:
+            return peak, f"datasheet bf16 dense peak of {name}"
+        return measured, f"measured matmul rate ({name} is not in the datasheet table)"
+    return measured, f"measured {str(dtype).removeprefix('torch.')} matmul rate on {device.type}"
+
+
 def measure_matmul_peak(device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
                         seconds: float | None = None) -> float:
     """Achieved FLOP/s of a square matmul loop on `device` in `dtype`: the MFU denominator.
 
-    A measured peak rather than a datasheet number: CPUs differ (bf16 is fast only with
-    AVX512-BF16/AMX) and so do GPU clocks and power caps. On CPU the matmul runs with torch's
-    current thread count, i.e. the threads training uses.
+    On CPU, where no datasheet applies (bf16 is fast only with AVX512-BF16/AMX), this is the MFU
+    denominator; on a GPU it is reported beside the datasheet peak (mfu_peak). On CPU the matmul runs with
+    torch's current thread count, i.e. the threads training uses.
     """
     device = torch.device(device)
     is_cuda = device.type == "cuda"
@@ -158,8 +193,9 @@ def measure_matmul_peak(device, dtype: torch.dtype = torch.bfloat16, size: int |
         a = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
         b = torch.randn(size, size, generator=gen).to(device=device, dtype=dtype)
         out = torch.empty(size, size, device=device, dtype=dtype)
-        # Warm-up: kernel selection, oneDNN/cuBLAS workspace allocation, GPU clock ramp-up.
-        warm_s = min(0.25, seconds / 3)
+        # Warm-up: kernel selection, oneDNN/cuBLAS workspace allocation, and on a GPU the clock ramp-up,
+        # which takes about a second from idle.
+        warm_s = 1.0 if is_cuda else min(0.25, seconds / 3)
         iters, t_warm = 0, time.perf_counter()
         while iters < 2 or time.perf_counter() - t_warm < warm_s:
             torch.matmul(a, b, out=out)
@@ -183,7 +219,7 @@ def measure_matmul_peak(device, dtype: torch.dtype = torch.bfloat16, size: int |
 
 
 def mfu(tokens_per_s: float, flops_per_token, peak: float) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over the measured peak (a fraction, not %).
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak (mfu_peak's; a fraction, not %).
 
     flops_per_token may be the dict from model_flops_per_token (its model_flops is used: recompute
     from activation checkpointing is excluded by definition).

@@ -64,7 +64,7 @@ def attach_lora(model, cfg):
         model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.base_model.model.config.use_cache = False
     if cfg.compile:
-        compile_layers(model)
+        compile_layers(model, cfg.phase)
     return model
 
 
@@ -76,20 +76,31 @@ def all_weights_trainable(model, cfg):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if cfg.compile:
-        compile_layers(model)
+        compile_layers(model, cfg.phase)
     return model
 
 
-def compile_layers(model) -> None:
+def compile_layers(model, phase: str = "sft") -> None:
+    """torch.compile each decoder layer: static shapes for DAPT, whose blocks all have one length; for SFT only the
+    sequence dimension is dynamic, so rows of every length share one graph and nothing else is left symbolic."""
     # Per decoder layer rather than the whole model: the layers share graphs (same code, parameters are
     # graph inputs), compile time stays flat in depth, and the labels-only loss outside stays eager.
-    # dynamic=True: rows vary in length, and specialising on the first length only to recompile on the
-    # second costs minutes on a CPU. The limit counts graphs per call signature, not per layer (layer 0's
-    # input needs no grad and the others' does; train, eval and the shared-prefix calls differ too), and
-    # past it dynamo quietly runs everything eager, which a deep model reaches with the default of 8.
+    # The limit counts graphs per call signature, not per layer (layer 0's input needs no grad and the others'
+    # does; train, eval and the shared-prefix calls differ too), and past it dynamo quietly runs everything
+    # eager, which a deep model reaches with the default of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    for layer in causal_lm(model).model.layers:
-        layer.compile(dynamic=True)
+    decoder = causal_lm(model).model
+    if phase == "sft":
+        # The layers' inputs come from the eager embedding and rotary modules: marking their sequence dimension
+        # there spares a recompilation at the second length (automatic dynamic would do it after the fact).
+        def mark_sequence_dynamic(module, args, output):
+            for t in (output if isinstance(output, tuple) else (output,)):
+                if torch.is_tensor(t) and t.dim() >= 2:
+                    torch._dynamo.maybe_mark_dynamic(t, 1)
+        decoder.embed_tokens.register_forward_hook(mark_sequence_dynamic)
+        decoder.rotary_emb.register_forward_hook(mark_sequence_dynamic)
+    for layer in decoder.layers:
+        layer.compile(dynamic=False if phase == "dapt" else None)
 
 
 def shard_model(model, mesh, device: torch.device):

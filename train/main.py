@@ -36,10 +36,11 @@ from train import checkpointing, distributed, forensics, memory_plan, report
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
-from train.device import autocast, peak_memory_mib, refuse_silent_cpu, resolve_device, steady_cpu_allocator
+from train.device import (autocast, expandable_cuda_segments, peak_memory_mib, peak_reserved_mib, refuse_silent_cpu,
+                          resolve_device, steady_cpu_allocator)
 from train.divergence import DivergenceWatch
 from train.export import export_merged, export_vlm_adapter
-from train.flops import labels_only_step_flops, measure_matmul_peak, model_flops_per_token
+from train.flops import labels_only_step_flops, measure_matmul_peak, mfu_peak, model_flops_per_token
 from train.lora_model import build_model, causal_lm, fsdp_root, trainable_parameters
 from train.loss import labels_only_loss_sum
 from train.preemption import EXIT_STOPPED, RunStopped, StopSignals
@@ -89,6 +90,7 @@ def sft_rows(cfg: TrainConfig, raw: dict[str, list[dict]], tokenizer, log: RunLo
     """SFT rows: the prompt contract on every conversation, then assistant-only labels (train/masking.py)."""
     from contract.prompt import check_conversation, read_model_system_prompt, system_prompt_for
     from train.masking import encode_dataset, read_template
+    from train.template_parity import check_template_parity
 
     # Prompt contract first: a conversation whose system prompt is not ours would teach the model to
     # reason under a prompt it will never see at inference time.
@@ -105,6 +107,8 @@ def sft_rows(cfg: TrainConfig, raw: dict[str, list[dict]], tokenizer, log: RunLo
             log.warn(msg + " — dropped")
             raw[split] = [r for r in rows if not check_conversation(r.get("messages") or [], expected_system)]
     template = read_template(cfg.chat_template_path)
+    # Trained tokens must be served tokens: the folder's own template is the one inference uses.
+    check_template_parity(cfg.model_path, cfg.chat_template_path, tokenizer, cfg.strict_assistant_only_loss, log.warn)
     default_system = read_model_system_prompt(cfg.model_path)
     out, stats = [], {}
     for split in ("train", "validation"):
@@ -189,19 +193,22 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
             log.info(f"resumed from {ck['path']} at step {run.state.step} (epoch {run.state.epoch}, "
                      f"micro-batch {run.state.micro_index})")
 
-    # MFU as it trains: model FLOPs per token at the data's mean row length (train/flops.py), over a matmul
-    # peak measured here, on this device and dtype, rather than a datasheet number.
+    # MFU as it trains: model FLOPs per token at the data's mean row length (train/flops.py), over the card's
+    # datasheet bf16 peak where it is known (the figure papers and peers divide by), else over a matmul rate
+    # measured here; the measured rate is logged beside it either way.
     text_cfg = causal_lm(model).config
     mean_len = max(1, round(sum(len(r.input_ids) for r in train_rows) / len(train_rows)))
     run.flops_per_token = model_flops_per_token(text_cfg, mean_len, n_trainable if cfg.use_lora else 0,
                                                 activation_checkpointing=cfg.gradient_checkpointing,
                                                 full_finetune=not cfg.use_lora)
-    run.peak_flops = measure_matmul_peak(device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32,
-                                         seconds=0.3)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    run.measured_flops = measure_matmul_peak(device, dtype, seconds=0.3)
+    run.peak_flops, run.peak_flops_source = mfu_peak(device, dtype, run.measured_flops)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the probe's matrices are not the run's memory
     log.info(f"model FLOPs/token {run.flops_per_token['model_flops'] / 1e6:.1f} M at mean length {mean_len}; "
-             f"measured matmul peak {run.peak_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
+             f"MFU over {run.peak_flops / 1e9:.0f} GFLOP/s ({run.peak_flops_source}); measured matmul rate "
+             f"{run.measured_flops / 1e9:.0f} GFLOP/s ({cfg.precision})")
     if info.is_main:
         write_training_args(run, finished=False)
     return run
@@ -375,11 +382,14 @@ def fit(run: Run, stop: StopSignals) -> None:
                      f"{' ...' if len(window_ids) > 8 else ''}")
             # Under FSDP the gather of the whole adapter is a collective: every process takes part.
             adapter = checkpointing.gather_full_trainable(model) if run.fsdp is not None and n_label > 0 else run.params
-            if info.is_main and n_label > 0:
+            if n_label > 0:
+                # Every process writes its own micro-batches: the bad one may be any process's.
                 bundle = forensics.save_bundle(Path(cfg.output_dir) / "forensics", step, batches, rng_at_start,
-                                               adapter, cfg, window_ids)
-                log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.forensics "
-                         f"--replay {bundle})")
+                                               adapter if info.is_main else None, cfg, window_ids, info.rank,
+                                               info.world_size, str(run.device))
+                if info.is_main:
+                    log.warn(f"step {step}: forensics bundle written to {bundle} (replay: python -m train.forensics "
+                             f"--replay {bundle})")
         optimizer.zero_grad(set_to_none=True)
 
         state.step = step
@@ -408,6 +418,9 @@ def fit(run: Run, stop: StopSignals) -> None:
                       # FLOPs actually run: a shared prefix counts once per micro-batch, not once per row.
                       "mfu": labels_only_step_flops(run.flops_per_token, window_tokens["trunk"], window_tokens["label"])
                       / elapsed / run.peak_flops / info.world_size,
+                      "mfu_measured_peak": labels_only_step_flops(run.flops_per_token, window_tokens["trunk"],
+                                                                  window_tokens["label"])
+                      / elapsed / run.measured_flops / info.world_size,
                       "peak_mem_MiB": peak_memory_mib(run.device)}
             log.metrics(record)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", mfu=f"{record['mfu']:.1%}",
@@ -523,14 +536,17 @@ def write_training_args(run: Run, finished: bool, extra: dict | None = None) -> 
         "resolved": {"device": str(run.device), "world_size": run.info.world_size,
                      "global_batch_rows": cfg.micro_batch_size * run.micro_per_step, "total_steps": run.total_steps,
                      "trainable_parameters": run.n_trainable,
-                     "attention": causal_lm(run.model).config._attn_implementation},
+                     "attention": causal_lm(run.model).config._attn_implementation,
+                     "mfu_peak_flops": run.peak_flops, "mfu_peak_source": run.peak_flops_source,
+                     "measured_matmul_flops": run.measured_flops},
         "versions": versions(),
         "data_files": {p.name: sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))},
         "data_stats": run.data_stats,
         "chat_template_sha256": sha256_file(Path(cfg.chat_template_path)) if cfg.phase == "sft" else None,
         "lineage": {"base_model": str(Path(cfg.model_path).resolve()),
                     "base_adapter": str(Path(cfg.base_adapter).resolve()) if cfg.base_adapter else None},
-        "memory_plan": run.memory_plan.to_dict(peak_memory_mib(run.device)) if run.memory_plan else None,
+        "memory_plan": (run.memory_plan.to_dict(peak_memory_mib(run.device), peak_reserved_mib(run.device))
+                        if run.memory_plan else None),
         "finished": finished,
     } | (extra or {})
     path = Path(cfg.output_dir) / "training_args.json"
@@ -574,6 +590,7 @@ def finish(run: Run) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    expandable_cuda_segments()  # before anything can allocate on a GPU
     if "--replay" in argv:
         return forensics.main(argv)
     cfg = parse_args(argv)

@@ -41,6 +41,10 @@ GiB = 2**30
 # Share of the budget the plan keeps free: the CUDA caching allocator reserves more than it hands out, and
 # on a host the other processes' memory moves while a run is planned.
 HEADROOM = 0.05
+# Bytes each process keeps free on a GPU besides HEADROOM, for what max_memory_allocated never counts: cuBLAS
+# workspaces, the caching allocator's fragmentation under variable-length SFT batches, and NCCL's buffers.
+CUDA_RESERVE = GiB
+NCCL_RESERVE = GiB // 2
 
 
 class MemoryPlanError(UserError):
@@ -87,6 +91,7 @@ class MemoryPlan:
     chosen: Estimate
     considered: list[Estimate] = field(default_factory=list)
     changed: dict = field(default_factory=dict)   # flags the plan set, name -> new value
+    reserve: int = 0                   # bytes kept free besides HEADROOM (CUDA_RESERVE, NCCL_RESERVE)
 
     def describe(self) -> str:
         budget = (f"budget {self.budget / GiB:.2f} GiB ({self.budget_source})" if self.budget is not None
@@ -96,13 +101,16 @@ class MemoryPlan:
                   if self.changed else "")
         return f"memory plan ({self.mode}, {self.device}, {budget}): predicted peak {self.chosen.describe()}{change}"
 
-    def to_dict(self, measured_peak_mib: float | None = None) -> dict:
+    def to_dict(self, measured_peak_mib: float | None = None, measured_reserved_mib: float | None = None) -> dict:
         return {"mode": self.mode, "device": self.device,
                 "budget_MiB": round(self.budget / 2**20, 1) if self.budget is not None else None,
-                "budget_source": self.budget_source, "chosen": self.chosen.to_dict(),
+                "budget_source": self.budget_source, "reserve_MiB": round(self.reserve / 2**20, 1),
+                "chosen": self.chosen.to_dict(),
                 "considered": [e.to_dict() for e in self.considered], "changed": self.changed,
                 "predicted_peak_MiB": round(self.chosen.peak / 2**20, 1),
                 "measured_peak_MiB": None if measured_peak_mib is None else round(measured_peak_mib, 1),
+                # What the caching allocator held at its peak (CUDA only): the figure an out-of-memory is about.
+                "measured_reserved_MiB": None if measured_reserved_mib is None else round(measured_reserved_mib, 1),
                 "measured_kind": "torch.cuda.max_memory_allocated" if self.device.startswith("cuda")
                 else "peak RSS (ru_maxrss)"}
 
@@ -137,8 +145,13 @@ def _lora_inputs(s: dict, targets: list[str], dropout: bool, attention: str) -> 
 
 
 def layer_saved_bytes(s: dict, *, act: int, mask: int, lora_elems: int, rank: int, n_targets: int,
-                      attention: str, width: int) -> int:
-    """Bytes one decoder layer keeps for backward, per token of a row `width` tokens wide."""
+                      attention: str, width: int, repeated_kv: bool = False) -> int:
+    """Bytes one decoder layer keeps for backward, per token of a row `width` tokens wide.
+
+    repeated_kv: SDPA runs with an explicit mask (the shared-prefix path's rows against the prefix's cache), so
+    transformers repeats K and V to every query head instead of using SDPA's grouped-query mode, and SDPA keeps
+    the repeated copies for backward.
+    """
     saved = (act + mask) * lora_elems + act * rank * n_targets   # LoRA A inputs (+ masks), LoRA B inputs
     saved += 2 * 4 * s["h"]                                      # the two RMSNorms keep their fp32 input
     saved += 3 * act * s["inter"]                                # SwiGLU: gate, silu(gate), up
@@ -146,7 +159,8 @@ def layer_saved_bytes(s: dict, *, act: int, mask: int, lora_elems: int, rank: in
         # q and the head-repeated k and v; the fp32 softmax output and its cast for the value matmul.
         saved += 3 * act * s["q"] + s["heads"] * width * (4 + (act if act != 4 else 0))
     else:
-        saved += act * (2 * s["q"] + 2 * s["kv"]) + 4 * s["heads"]   # q, k, v, out, log-sum-exp
+        kv = s["q"] if repeated_kv else s["kv"]
+        saved += act * (2 * s["q"] + 2 * kv) + 4 * s["heads"]   # q, k, v, out, log-sum-exp
     return saved
 
 
@@ -191,7 +205,8 @@ def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, e
 
     lora_elems = _lora_inputs(s, targets, dropout, attention)
     per_layer = layer_saved_bytes(s, act=act, mask=mask, lora_elems=lora_elems, rank=cfg.lora_r,
-                                  n_targets=len(targets), attention=attention, width=width)
+                                  n_targets=len(targets), attention=attention, width=width,
+                                  repeated_kv=bool(getattr(cfg, "share_prefix", False)))
     if cfg.gradient_checkpointing:
         stored = s["layers"] * tokens * act * s["h"]            # each layer's input
         recompute = tokens * per_layer                          # one layer rebuilt in backward
@@ -267,8 +282,20 @@ def parse_budget(text: str) -> float | None:
 # ------------------------------------------------------------------------------------------- plan
 
 
-def _fits(e: Estimate, budget: int | None) -> bool:
-    return budget is None or e.peak <= budget * (1 - HEADROOM)
+def reserve_bytes(device: torch.device, world_size: int = 1) -> int:
+    """What a process keeps free on its device besides HEADROOM: CUDA_RESERVE, plus NCCL_RESERVE under torchrun."""
+    if device.type != "cuda":
+        return 0
+    return CUDA_RESERVE + (NCCL_RESERVE if world_size > 1 else 0)
+
+
+def usable(budget: int, reserve: int = 0) -> float:
+    """The part of a budget a run's predicted peak may take."""
+    return budget * (1 - HEADROOM) - reserve
+
+
+def _fits(e: Estimate, budget: int | None, reserve: int = 0) -> bool:
+    return budget is None or e.peak <= usable(budget, reserve)
 
 
 def _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world, budget) -> list[str]:
@@ -278,22 +305,23 @@ def _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world, bu
         return estimate(text_cfg, c, device, width=min(width, c.max_length), runtime=runtime,
                         embed_rows=embed_rows, world_size=world)
 
+    reserve = reserve_bytes(device, world)
     found = []
     for mb in range(cfg.micro_batch_size - 1, 0, -1):
         e = est(micro_batch_size=mb)
-        if _fits(e, budget):
+        if _fits(e, budget, reserve):
             found.append(f"--gradient-checkpointing --micro-batch-size {mb} ({e.peak / GiB:.1f} GiB)")
             break
     length = cfg.max_length
     while length > 128:
         length //= 2
         e = est(micro_batch_size=1, max_length=length)
-        if _fits(e, budget):
+        if _fits(e, budget, reserve):
             found.append(f"--gradient-checkpointing --micro-batch-size 1 --max-length {length} "
                          f"({e.peak / GiB:.1f} GiB)")
             break
     chunk = est(micro_batch_size=1, max_length=min(cfg.max_length, 1024), loss_chunk_size=256)
-    if not found and _fits(chunk, budget):
+    if not found and _fits(chunk, budget, reserve):
         found.append(f"--gradient-checkpointing --micro-batch-size 1 --max-length {chunk.max_length} "
                      f"--loss-chunk-size 256 ({chunk.peak / GiB:.1f} GiB)")
     return found
@@ -320,22 +348,24 @@ def plan(cfg, text_cfg, device: torch.device, *, width: int, embed_rows: int | N
         budget, source = int(gib * GiB), f"--memory-budget {cfg.memory_budget}"
     else:
         budget, source = free_memory(device, local_processes)
+    reserve = reserve_bytes(device, world_size)
     considered = [given]
-    if _fits(given, budget):
-        return MemoryPlan(cfg.memory_budget, str(device), budget, source, given, considered)
+    if _fits(given, budget, reserve):
+        return MemoryPlan(cfg.memory_budget, str(device), budget, source, given, considered, reserve=reserve)
     if not cfg.gradient_checkpointing:
         # share_prefix cannot run under checkpointing (train.config.validate_args), so it goes off with it.
         changes = {"gradient_checkpointing": True} | ({"share_prefix": False} if cfg.share_prefix else {})
         ckpt = estimate(text_cfg, dataclasses.replace(cfg, **changes), device, **args)
         considered.append(ckpt)
-        if _fits(ckpt, budget):
-            return MemoryPlan(cfg.memory_budget, str(device), budget, source, ckpt, considered, changes)
+        if _fits(ckpt, budget, reserve):
+            return MemoryPlan(cfg.memory_budget, str(device), budget, source, ckpt, considered, changes, reserve)
     best = considered[-1]
     options = _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world_size, budget)
+    kept = f" and {reserve / GiB:.1f} GiB reserved" if reserve else ""
     raise MemoryPlanError(
         f"memory plan: this run needs an estimated {best.peak / GiB:.2f} GiB even with activation checkpointing "
-        f"({best.describe()}), more than {budget * (1 - HEADROOM) / GiB:.2f} GiB of the {budget / GiB:.2f} GiB "
-        f"budget ({source}). "
+        f"({best.describe()}), more than {usable(budget, reserve) / GiB:.2f} GiB of the {budget / GiB:.2f} GiB "
+        f"budget ({source}; {HEADROOM:.0%} headroom{kept}). "
         + (f"What would fit: {'; or '.join(options)}. " if options else
            f"No smaller micro-batch or length fits: the frozen weights alone take {best.parts['frozen_weights'] / GiB:.1f}"
            " GiB; use a device with more memory, or --fsdp across several. ")

@@ -23,6 +23,12 @@ class CheckpointError(UserError):
     """The model folder is not a usable Ministral 3 checkpoint; the message says which file and why."""
 
 
+# What to download when a folder is not the BF16 Reasoning release (docs/model.md, "The checkpoint").
+BF16_RELEASE = "mistralai/Ministral-3-8B-Reasoning-2512"
+# safetensors dtype names of quantized weights (the FP8 releases store F8_E4M3 with per-tensor scales).
+QUANTIZED_DTYPES = ("F8_E4M3", "F8_E5M2", "F8_E8M0", "F4")
+
+
 # The language model's linear projections, by the submodule that holds them in each decoder layer.
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")  # in self_attn
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")            # in mlp
@@ -65,15 +71,67 @@ def lora_target_regex(targets) -> str:
 
 
 def load_tokenizer(model_dir: str | Path):
-    from transformers import PreTrainedTokenizerFast  # the tokenizers backend ("TokenizersBackend" in 5.x)
-
     model_dir = Path(model_dir)
     tok_file = model_dir / "tokenizer.json"
     if not tok_file.is_file():
         raise CheckpointError(f"{tok_file}: missing. The HF tokenizer.json is required (tekken.json alone is "
                               "the mistral-common format, which ignores chat templates and assistant masks).")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    tok = load_tokenizer_checked(model_dir)
     check_control_tokens(tok, source=str(tok_file))
+    return tok
+
+
+def _split_pattern(pre_tokenizer: dict | None) -> str | None:
+    """The regex of the Split step of a tokenizer.json pre_tokenizer (alone or first in a Sequence)."""
+    if not pre_tokenizer:
+        return None
+    if pre_tokenizer.get("type") == "Sequence":
+        steps = pre_tokenizer.get("pretokenizers") or []
+        return _split_pattern(steps[0]) if steps else None
+    if pre_tokenizer.get("type") == "Split":
+        return (pre_tokenizer.get("pattern") or {}).get("Regex")
+    return None
+
+
+def tekken_pattern(model_dir: Path) -> str | None:
+    """The split pattern of the folder's tekken.json (mistral-common's own file), None without one."""
+    tekken = model_dir / "tekken.json"
+    return (_read_json(tekken).get("config") or {}).get("pattern") if tekken.is_file() else None
+
+
+def load_tokenizer_checked(model_dir: Path):
+    """The tokenizers backend, its split pattern made tekken.json's.
+
+    Folders saved with transformers < 5 may carry an older split pattern, and transformers then warns about every
+    Mistral folder without knowing whether this one is affected. tekken.json holds the pattern the model was trained
+    with: the same pattern loads as it is (and without the warning); a different one in the usual place (the Split
+    that opens the pre-tokenizer) is replaced by tekken's, with a warning; anything else stops the run, since the
+    text would be split otherwise than in pretraining. Without tekken.json there is nothing to compare with and
+    transformers decides.
+    """
+    import warnings
+
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+    from transformers import PreTrainedTokenizerFast  # the tokenizers backend ("TokenizersBackend" in 5.x)
+
+    want = tekken_pattern(model_dir)
+    if want is None:
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    # Compared here against tekken.json, so transformers' own guess (and its warning) is not needed.
+    tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir), fix_mistral_regex=False)
+    pre = json.loads(tok.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    have = _split_pattern(pre)
+    if have == want:
+        return tok
+    if pre.get("type") != "Sequence" or have is None:
+        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: its pre-tokenizer ({pre.get('type')}) has no split "
+                              f"pattern to compare with {model_dir / 'tekken.json'}'s {want!r}: the text would be split "
+                              "otherwise than the model was trained on. Download tokenizer.json and tekken.json again "
+                              f"from one revision of {BF16_RELEASE}")
+    tok.backend_tokenizer.pre_tokenizer[0] = Split(pattern=Regex(want), behavior="isolated")
+    warnings.warn(f"{model_dir / 'tokenizer.json'}: its pre-tokenizer pattern differs from tekken.json's (a folder "
+                  "saved by an older transformers); tekken.json's pattern is used", stacklevel=2)
     return tok
 
 
@@ -97,6 +155,12 @@ def read_text_config(model_dir: str | Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; --model-path must be a Hugging Face model folder")
     raw = _read_json(path)
+    quantization = raw.get("quantization_config") or (raw.get("text_config") or {}).get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method", "?") if isinstance(quantization, dict) else quantization
+        raise CheckpointError(f"{path}: declares a quantization_config (quant_method {method!r}): this is a quantized "
+                              f"release (such as the FP8 Instruct one), and LoRA here trains on BF16 weights. Download "
+                              f"the BF16 Reasoning release, {BF16_RELEASE}, instead (docs/model.md)")
     layout = raw.get("model_type")
     if layout == "mistral3":
         text = dict(raw.get("text_config") or {})
@@ -170,6 +234,23 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
 
 
+def refuse_quantized_shards(files: list[Path]) -> None:
+    """Stop on quantized tensors (F8_E4M3, ...) in the shards, from their headers alone, before any weight is read."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                found = next(((k, f.get_slice(k).get_dtype()) for k in f.keys()
+                              if f.get_slice(k).get_dtype() in QUANTIZED_DTYPES), None)
+        except SafetensorError:
+            continue  # load_text_model names the damaged file
+        if found:
+            raise CheckpointError(f"{file}: tensor {found[0]!r} is stored as {found[1]}: this is a quantized release "
+                                  f"(such as the FP8 Instruct one), and LoRA here trains on BF16 weights. Download the "
+                                  f"BF16 Reasoning release, {BF16_RELEASE}, instead (docs/model.md)")
+
+
 def _fields_giving(cfg, on_disk: tuple, wanted: tuple) -> str:
     """The text-config fields whose values make up the wanted dimensions that differ from the file's."""
     dims = {w for d, w in zip(on_disk, wanted) if d != w} if len(on_disk) == len(wanted) else set(wanted)
@@ -191,7 +272,9 @@ def load_text_model(model_dir: str | Path, dtype: torch.dtype = torch.bfloat16, 
     expected = set(model.state_dict().keys())
     state: dict[str, torch.Tensor] = {}
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    for file in safetensors_files(model_dir):
+    files = safetensors_files(model_dir)
+    refuse_quantized_shards(files)
+    for file in files:
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 keys = [(key, text_key(key, layout)) for key in f.keys()]

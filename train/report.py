@@ -32,7 +32,7 @@ CURVES = (("loss", "train", "Training loss (per step) and validation loss", 1.0,
           ("lr", "train", "Learning rate", 1.0, ""),
           ("grad_norm", "train", "Gradient norm (before clipping)", 1.0, ""),
           ("tokens_per_s", "train", "Trained tokens per second", 1.0, "supervised tokens/s"),
-          ("mfu", "train", "Model FLOPs utilisation", 100.0, "% of the measured matmul peak"))
+          ("mfu", "train", "Model FLOPs utilisation", 100.0, "% of the peak (datasheet bf16 on a known GPU, else measured)"))
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 640, 250, 70, 16, 14, 34
 

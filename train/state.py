@@ -57,7 +57,9 @@ class Run:
     total_steps: int = 0
     n_trainable: int = 0
     flops_per_token: dict = field(default_factory=dict)
-    peak_flops: float = 0.0
+    peak_flops: float = 0.0             # the MFU denominator (train.flops.mfu_peak)
+    peak_flops_source: str = ""
+    measured_flops: float = 0.0         # the matmul rate measured at start-up, reported beside it
     memory_plan: MemoryPlan | None = None     # what setup() predicted and chose before loading
     started: float = field(default_factory=time.time)
     stopped_early: bool = False

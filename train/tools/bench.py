@@ -1,7 +1,7 @@
 """Speed and memory benchmark of the training step, printing figures, never pass/fail (docs/performance.md).
 
     python -m train.tools.bench --preset cpu [--fixture DIR] [--trl-python PY --trl-script FILE] [--out FILE.json]
-    python -m train.tools.bench --preset 8b  [--gradient-checkpointing] [--out FILE.json]      (needs a GPU)
+    python -m train.tools.bench --preset 8b  [--phase dapt|sft] [--steps N] [--accum N] [--out FILE.json]  (needs a GPU)
 
 It drives the loop's own forward_backward() and AdamW step (train/main.py), so the figures are the
 loop's, not a re-implementation's. Presets:
@@ -11,9 +11,13 @@ loop's, not a re-implementation's. Presets:
        template and conversations (what TRL's baseline trains on); with --trl-python and --trl-script, the
        TRL SFTTrainer baseline script runs on the same fixture in a subprocess first and both are reported.
   8b   the real Ministral 3 8B text shapes with random bf16 weights, seq 2048, micro-batch 2, LoRA r16.
-Reports: trained (supervised) tokens/s, all tokens/s, padding share, step time, MFU against a matmul peak
-measured on the spot (before and after the steps, the higher one), and peak memory (CUDA max allocated, or
-peak RSS on CPU).
+--phase dapt trains full 2048-token blocks with every token labelled; sft (the default) conversation-shaped
+rows. The memory plan chooses the setting as the loop's does (--memory-budget, default auto).
+Reports steady-state figures, the first --warmup-steps optimizer steps (compilation, allocator growth, clock
+ramp-up) left out: trained (supervised) tokens/s, all tokens/s, padding share, step time, MFU against the card's
+datasheet bf16 peak (train.flops.mfu_peak; on CPU and unknown cards a matmul rate measured on the spot, before
+and after the steps, the higher one) with the measured rate beside it, and peak memory (CUDA max allocated and
+max reserved, or peak RSS on CPU) next to the memory plan's prediction.
 """
 from __future__ import annotations
 
@@ -34,8 +38,8 @@ from train import distributed, memory_plan
 from train.attention import set_attention
 from train.batching import Row, collate, epoch_plan, read_jsonl
 from train.config import TrainConfig
-from train.device import default_precision, resolve_device, steady_cpu_allocator
-from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, model_flops_per_token
+from train.device import default_precision, expandable_cuda_segments, resolve_device, steady_cpu_allocator
+from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, mfu_peak, model_flops_per_token
 from train.lora_dropout import use_lane_mask_dropout
 from train.lora_model import attach_lora
 from train.main import forward_backward
@@ -52,14 +56,26 @@ PRESETS = {
 }
 
 
+def text_config(shapes: dict):
+    """The Ministral3Config of these shapes, with the real rope layout."""
+    from transformers import Ministral3Config
+    return Ministral3Config(**(TEXT_CONFIG_8B | shapes), rope_parameters=dict(ROPE_PARAMETERS))
+
+
 def random_text_model(shapes: dict, dtype: torch.dtype, device: torch.device):
     """A Ministral3ForCausalLM with the real rope layout and random weights, built directly on the device."""
-    from transformers import Ministral3Config, Ministral3ForCausalLM
+    from transformers import Ministral3ForCausalLM
 
-    cfg = Ministral3Config(**(TEXT_CONFIG_8B | shapes), rope_parameters=dict(ROPE_PARAMETERS))
+    cfg = text_config(shapes)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Ministral3ForCausalLM(cfg).to(dtype)
+    # Built in its final dtype: an 8B model built in fp32 first needs 34 GB at once, more than a 24 GB card has.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Ministral3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     return model
 
 
@@ -77,14 +93,18 @@ def fixture_rows(fixture: Path, tokenizer, max_length: int) -> list[Row]:
     return [Row(e.example_id, e.input_ids, e.labels) for e in encoded]
 
 
-def synthetic_rows(n: int, max_length: int, vocab: int, seed: int = 0) -> list[Row]:
-    """Conversation-shaped rows: a prompt part without labels and an answer part with them."""
+def synthetic_rows(n: int, max_length: int, vocab: int, seed: int = 0, phase: str = "sft") -> list[Row]:
+    """SFT: conversation-shaped rows, a prompt part without labels and an answer part with them. DAPT: packed
+    blocks of max_length tokens, every token labelled."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
+        ids = [rng.randrange(1000, vocab) for _ in range(max_length)]
+        if phase == "dapt":
+            rows.append(Row(f"block-{i}", ids, ids))
+            continue
         length = max_length if max_length >= 2048 else rng.randint(max_length // 4, max_length)
-        prompt = length // 2
-        ids = [rng.randrange(1000, vocab) for _ in range(length)]
+        ids, prompt = ids[:length], length // 2
         rows.append(Row(f"syn-{i}", ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return rows
 
@@ -118,12 +138,15 @@ def peak_rss_mib(reset_worked: bool) -> tuple[float, str]:
 
 def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, gradient_checkpointing: bool,
           device: torch.device, group_by_length: bool = True, compile: bool = False,
-          stock_dropout: bool = False, attention: str = "auto") -> dict:
+          stock_dropout: bool = False, attention: str = "auto", phase: str = "sft", accum: int | None = None,
+          warmup_steps: int = 1, memory_budget: str = "auto") -> dict:
     # Under --repeat the runs share a process; the CPU peak must cover this run, model load included, only.
     rss_reset = device.type == "cpu" and reset_peak_rss()
     runtime = memory_plan.runtime_bytes(device)  # for the memory plan's prediction below
-    p = PRESETS[preset]
-    steps = steps or p["steps"]
+    p = dict(PRESETS[preset])
+    p["accum"] = accum or p["accum"]
+    # The warm-up steps are run and left out of the figures, so at least one step is measured.
+    steps = (steps or p["steps"]) + warmup_steps
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if fixture:
         from transformers import PreTrainedTokenizerFast
@@ -134,16 +157,25 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         rows = fixture_rows(fixture, tokenizer, p["max_length"])
         data = f"fixture {fixture}"
     else:
-        base = random_text_model(p["shapes"], dtype, device)
-        rows = synthetic_rows(p["micro_batch"] * p["accum"] * steps, p["max_length"], p["shapes"]["vocab_size"])
-        data = "synthetic"
-    cfg = TrainConfig(phase="sft", precision=precision, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+        base = None
+        rows = synthetic_rows(p["micro_batch"] * p["accum"] * steps, p["max_length"], p["shapes"]["vocab_size"],
+                              phase=phase)
+        data = f"synthetic {phase}"
+    cfg = TrainConfig(phase=phase, precision=precision, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                       max_length=p["max_length"], micro_batch_size=p["micro_batch"], grad_accum=p["accum"],
-                      gradient_checkpointing=gradient_checkpointing, compile=compile, attention=attention).resolve()
+                      gradient_checkpointing=gradient_checkpointing, compile=compile, attention=attention,
+                      device=str(device), memory_budget=memory_budget).resolve()
+    text_cfg = base.config if base is not None else text_config(p["shapes"])
+    # The loop's memory plan for these settings, before the model is built (it may turn on checkpointing; the model
+    # here is built in memory, so all of it counts).
+    mem_plan = memory_plan.plan(cfg, text_cfg, device, width=max(len(r.input_ids) for r in rows), embed_rows=None,
+                                runtime=runtime)
+    for name, value in mem_plan.changed.items():
+        setattr(cfg, name, value)
+    predicted = mem_plan.chosen
+    if base is None:
+        base = random_text_model(p["shapes"], dtype, device)
     attention_why = set_attention(base, cfg, device)
-    # The loop's memory plan for these settings (the model here is built in memory, so all of it counts).
-    predicted = memory_plan.estimate(base.config, cfg, device, width=max(len(r.input_ids) for r in rows),
-                                     runtime=runtime)
     model = attach_lora(base, cfg)
     if stock_dropout:  # undo attach_lora's CPU dropout swap, to measure what it saves
         use_lane_mask_dropout(model, enable=False)
@@ -161,8 +193,11 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         plan = [list(range(i, min(i + p["micro_batch"], len(rows)))) for i in range(0, len(rows), p["micro_batch"])]
     micro = [[rows[i] for i in mb] for mb in plan]
     windows = [micro[i:i + p["accum"]] for i in range(0, len(micro), p["accum"])][:steps]
-    # The MFU denominator is measured before and after the steps and the higher one is used: on a shared
-    # machine a single measurement taken in a slow minute would overstate the MFU of the run.
+    if len(windows) <= warmup_steps:
+        raise SystemExit(f"bench: {len(windows)} optimizer step(s) of data, not more than the {warmup_steps} warm-up "
+                         "step(s): nothing would be measured; lower --warmup-steps or --accum")
+    # The measured rate is taken before and after the steps and the higher one is used: on a shared machine a
+    # single measurement taken in a slow minute would overstate the MFU of the run.
     peaks = [measure_matmul_peak(device, dtype)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -170,9 +205,12 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         torch.set_flush_denormal(True)  # as the loop does on CPU
         steady_cpu_allocator()
     totals = {"label": 0, "all": 0, "trunk": 0, "padded": 0}
+    steady = dict.fromkeys(totals, 0)
     step_times, losses = [], []
     t_start = time.perf_counter()
     for window in windows:
+        if len(step_times) == warmup_steps and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # keep the peaks: the warm-up's are the same steps'
         t = time.perf_counter()
         loss, grad_norm, counts = forward_backward(run, [collate(mb, share_prefix=cfg.share_prefix) for mb in window])
         optimizer.step()
@@ -183,44 +221,52 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         losses.append(round(loss, 4))
         for k in totals:
             totals[k] += counts[k]
+            if len(step_times) > warmup_steps:
+                steady[k] += counts[k]
         print(f"[bench] step {len(step_times)}/{len(windows)}: {step_times[-1]:.2f}s loss {loss:.4f}", flush=True)
     wall = time.perf_counter() - t_start
 
     text_cfg = model.base_model.model.config
     mean_len = totals["all"] / max(1, sum(len(mb) for w in windows for mb in w))
     flops = model_flops_per_token(text_cfg, int(round(mean_len)), lora_param_count(text_cfg, 16),
-                                  activation_checkpointing=gradient_checkpointing)
-    step_flops = labels_only_step_flops(flops, totals["trunk"], totals["label"])
+                                  activation_checkpointing=cfg.gradient_checkpointing)
+    steady_flops = labels_only_step_flops(flops, steady["trunk"], steady["label"])
     peaks.append(measure_matmul_peak(device, dtype))
-    peak = max(peaks)
-    steady = sum(step_times[1:]) or wall
-    steady_tokens = totals["all"] * (len(step_times) - 1) / max(1, len(step_times)) if len(step_times) > 1 else totals["all"]
+    measured = max(peaks)
+    peak, peak_source = mfu_peak(device, dtype, measured)
+    steady_s = sum(step_times[warmup_steps:])
     if device.type == "cuda":
         peak_mem, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
     else:
-        peak_mem, peak_kind = peak_rss_mib(rss_reset)
+        (peak_mem, peak_kind), reserved = peak_rss_mib(rss_reset), None
     result = {
         "preset": preset, "data": data, "device": str(device), "precision": precision,
-        "threads": torch.get_num_threads(), "gradient_checkpointing": gradient_checkpointing, "compile": compile,
+        "threads": torch.get_num_threads(), "compile": compile,
         "lora_dropout": "nn.Dropout" if stock_dropout else "LaneMaskDropout",
         "attention": base.config._attn_implementation, "attention_reason": attention_why,
         "group_by_length": group_by_length,
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
         "supervised_tokens": totals["label"], "tokens": totals["all"], "padded_tokens": totals["padded"],
-        "train_wall_s": round(wall, 2),
-        "trained_tokens_per_s": round(totals["label"] / wall, 1),
-        "all_tokens_per_s": round(totals["all"] / wall, 1),
+        "warmup_steps": warmup_steps, "step_times_s": [round(t, 4) for t in step_times],
+        "train_wall_s": round(wall, 2), "steady_wall_s": round(steady_s, 3),
+        # Steady state: the steps after the warm-up only.
+        "trained_tokens_per_s": round(steady["label"] / steady_s, 1),
+        "all_tokens_per_s": round(steady["all"] / steady_s, 1),
         "padding_share": round(1 - totals["all"] / max(1, totals["padded"]), 4),
-        "s_per_optimizer_step": round(wall / len(windows), 3),
-        "steady_all_tokens_per_s": round(steady_tokens / steady, 1),
-        "model_flops_per_step_mean": step_flops / len(windows),
-        "matmul_peak_flops": peak, "matmul_peak_flops_before_after": peaks,
-        "mfu": round(step_flops / wall / peak, 4),
+        "s_per_optimizer_step": round(steady_s / (len(windows) - warmup_steps), 3),
+        "model_flops_per_step_mean": steady_flops / (len(windows) - warmup_steps),
+        "mfu": round(steady_flops / steady_s / peak, 4), "mfu_peak_flops": peak, "mfu_peak_source": peak_source,
+        "mfu_measured_peak": round(steady_flops / steady_s / measured, 4),
+        "matmul_peak_flops": measured, "matmul_peak_flops_before_after": peaks,
         "peak_memory_MiB": round(peak_mem, 1),
         "peak_memory_kind": peak_kind,
+        "peak_reserved_MiB": None if reserved is None else round(reserved, 1),
         "predicted_peak_MiB": round(predicted.peak / 2**20, 1),
         "predicted_parts_MiB": predicted.to_dict()["parts_MiB"],
+        "memory_plan": mem_plan.to_dict(peak_mem, reserved),
+        "phase": phase, "share_prefix": cfg.share_prefix, "gradient_checkpointing": cfg.gradient_checkpointing,
         "losses": losses,
         "versions": {"torch": torch.__version__},
     }
@@ -231,7 +277,8 @@ def print_run(run: dict, index: int, total: int) -> None:
     o, tag = run["ours"], f"[bench] run {index}/{total}" if total > 1 else "[bench]"
     print(f"{tag} {o['preset']} on {o['device']} ({o['precision']}, {o['threads']} threads, {o['attention']} attention): "
           f"trained {o['trained_tokens_per_s']} tok/s, all {o['all_tokens_per_s']} tok/s, padding {o['padding_share']:.1%}, "
-          f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} of a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
+          f"{o['s_per_optimizer_step']} s/step, MFU {o['mfu']:.1%} ({o['mfu_peak_source']}; {o['mfu_measured_peak']:.1%} of "
+          f"a measured {o['matmul_peak_flops'] / 1e9:.0f} GFLOP/s), "
           f"peak memory {o['peak_memory_MiB']} MiB (memory plan: {o['predicted_peak_MiB']} MiB)", flush=True)
     if "trl" in run:
         t = run["trl"]
@@ -261,7 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the TRL SFTTrainer baseline script that --trl-python runs (prints its figures as JSON)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 on GPU or on a CPU with native bf16, else fp32")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
+    ap.add_argument("--steps", type=int, default=None, help="measured optimizer steps, after the warm-up (default: preset)")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="optimizer steps run first and left out of the figures (default 1, 2 with --compile)")
+    ap.add_argument("--phase", choices=["dapt", "sft"], default="sft",
+                    help="synthetic rows of this phase (dapt: full blocks, every token labelled)")
+    ap.add_argument("--accum", type=int, default=None, help="micro-batches per optimizer step (default: preset)")
+    ap.add_argument("--memory-budget", default="auto", help="as the loop's --memory-budget (auto, GiB, or off)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers, as the loop's --compile")
     ap.add_argument("--stock-dropout", action="store_true",
@@ -275,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args(argv)
+    expandable_cuda_segments()  # as the loop does, before anything allocates on a GPU
     device = resolve_device(a.device)
+    warmup = a.warmup_steps if a.warmup_steps is not None else (2 if a.compile else 1)
     if a.preset == "8b" and device.type != "cuda":
         print("bench: the 8b preset needs a GPU (16 GiB of bf16 weights and ~TFLOPs per step); "
               "use --preset cpu here", file=sys.stderr)
@@ -297,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             run["trl"] = run_trl(a.trl_python, a.trl_script, a.fixture, a.steps or PRESETS[a.preset]["steps"],
                                  precision)
         run["ours"] = bench(a.preset, a.fixture, precision, a.steps, a.gradient_checkpointing, device,
-                            a.group_by_length, a.compile, a.stock_dropout, a.attention)
+                            a.group_by_length, a.compile, a.stock_dropout, a.attention, a.phase, a.accum, warmup,
+                            a.memory_budget)
         if "trl" in run:
             ours, trl = run["ours"], run["trl"]
             run["comparison"] = {

@@ -95,13 +95,21 @@ def run_checks(run_dir: Path, limit: int, threshold: float | None, max_new_token
     check("validation_loss_improved", before is not None and after is not None and after < before,
           {"before": before, "after": after})
     template = (run_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    if phase == "sft":
-        check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
-
     tokenizer = load_tokenizer(run_dir)
+    if phase == "sft":
+        from train.template_parity import first_difference
+        check("template_has_generation_blocks", has_generation_blocks(template), {"template": "chat_template.jinja"})
+        drift = first_difference(args["model_path"], run_dir / "chat_template.jinja", tokenizer)
+        check("template_matches_model_folder", drift is None, {"first_difference": drift})
+
     dtype = torch.bfloat16 if args["precision"] == "bf16" and device.type == "cuda" else torch.float32
-    device_model = load_for_inference(args["model_path"], run_dir, device, dtype)
-    check("adapter_loads_with_peft", True, {"adapter": str(run_dir / "adapter_model.safetensors")})
+    adapter = {"adapter": str(run_dir / "adapter_model.safetensors")}
+    try:
+        device_model = load_for_inference(args["model_path"], run_dir, device, dtype)
+    except Exception as e:  # a failed load is this check's finding, not a traceback
+        check("adapter_loads_with_peft", False, adapter | {"error": f"{type(e).__name__}: {e}"[:2000]})
+        return {"run_dir": str(run_dir), "phase": phase, "checks": checks, "passed": False}
+    check("adapter_loads_with_peft", True, adapter)
     report = {"run_dir": str(run_dir), "phase": phase, "checks": checks}
     if phase != "sft":
         report["passed"] = all(c["passed"] for c in checks)
