@@ -73,3 +73,27 @@ def test_small_inputs_still_get_both_sides():
 def test_repeated_keys_share_a_side():
     side = split.assign(["g1", "g1", "g2", "g1"], 0.5, seed=0)
     assert set(side) == {"g1", "g2"}
+
+
+def test_dapt_validation_holds_several_short_documents():
+    from data.dapt_corpus import MIN_VALIDATION_DOCUMENTS, Document, assign_splits
+
+    def corpus(n):
+        return [Document(f"doc{i}.txt", f"doc{i}.txt", "x" * (100 * (i + 1))) for i in range(n)]
+    docs = corpus(24)
+    assign_splits(docs, 0.01, seed=0)                        # the fraction alone holds out one document
+    held = [d for d in docs if d.split == "validation"]
+    assert len(held) == MIN_VALIDATION_DOCUMENTS
+    by_fraction = [d for d in held if split.score(d.id, 0) == min(split.score(x.id, 0) for x in docs)]
+    median = sorted(len(d.text) for d in docs)[11]
+    assert by_fraction and all(len(d.text) <= median for d in held if d not in by_fraction)
+    again = corpus(24)
+    assign_splits(again, 0.01, seed=0)
+    assert [d.split for d in again] == [d.split for d in docs]
+    # A larger fraction is not cut back, and a tiny corpus keeps three quarters of its documents for training.
+    wide = corpus(24)
+    assign_splits(wide, 0.5, seed=0)
+    assert sum(d.split == "validation" for d in wide) > MIN_VALIDATION_DOCUMENTS
+    small = corpus(5)
+    assign_splits(small, 0.01, seed=0)
+    assert sum(d.split == "validation" for d in small) == 1

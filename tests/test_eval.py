@@ -143,29 +143,105 @@ def test_generation_budget_comes_from_the_model(tiny_model_dir, tmp_path):
 
 # --- the report --------------------------------------------------------------------------------------
 
+def test_think_length_counts_the_think_part(tiny_tokenizer):
+    from train.tools.generation import think_summary, think_tokens
+    word = tiny_tokenizer.encode(" value", add_special_tokens=False)
+    assert think_tokens([34, *word * 3, 35, *word, 2]) == 3 * len(word)
+    assert think_tokens([34, *word * 5]) == 5 * len(word)               # cut before [/THINK]: what was written
+    assert think_tokens([34, *word * 2, 2]) == 2 * len(word)             # ended without [/THINK]: </s> not counted
+    assert think_tokens([*word, 35, 2]) is None                          # no [THINK] opened
+    summary = think_summary([[34, *[7] * n, 35, 2] for n in range(1, 22)] + [[7, 2]])
+    assert summary == {"median": 11, "p95": 20, "measured": 21, "total": 22}
+    assert think_summary([[7, 2]])["median"] is None
+
+
+EVAL_FAST = ["--per-kind", "1", "--max-new-tokens", "6", "--max-length", "128", "--device", "cpu", "--batch-size", "32"]
+
+
 def test_eval_report_and_summary(tiny_model_dir, processed, tmp_path, capsys):
     from train.tools.evaluate import main as eval_main
     out = tmp_path / "eval_report.json"
     assert eval_main(["--model-path", str(tiny_model_dir), "--sft-dir", str(processed / "sft"), "--dapt-dir",
-                      str(processed / "dapt"), "--out", str(out), "--per-kind", "1", "--max-new-tokens", "6",
-                      "--max-length", "256", "--device", "cpu", "--batch-size", "32"]) == 0
+                      str(processed / "dapt"), "--out", str(out)] + EVAL_FAST) == 0
     report = json.loads(out.read_text())
     held, trained = report["items"]["held_out"], report["items"]["trained"]
     assert len(held) == len(H.KINDS) == report["held_out_facts"]["total"]
     assert report["trained_facts"]["total"] == len(trained) > 0
     assert not {r["group"] for r in held} & {r["group"] for r in trained}
-    c = report["contract"]
-    assert c["total"] == len(held) + len(trained) and c["max_new_tokens"] == 6
-    assert c["passed"] + c["broke_contract"] + c["cut_by_budget"] == c["total"]
-    assert all(r["correct"] == (r["answer"] is not None and H.answer_value(r["answer"], r["question"]) == r["expected"])
-               for r in held + trained)
+    # Sampled as the model is served (the stand-in's generation_config.json), seeded; greedy is the second figure.
+    assert report["decoding"] == {"sampled": {"temperature": 0.7, "top_p": 0.95, "seed": 0}, "greedy_too": True}
+    for figures, answer in ((report, lambda r: r), (report["greedy"], lambda r: r["greedy"])):
+        c = figures["contract"]
+        assert c["total"] == len(held) + len(trained) and c["max_new_tokens"] == 6
+        assert c["passed"] + c["broke_contract"] + c["cut_by_budget"] == c["total"]
+        assert figures["cut_share"] == c["cut_by_budget"] / c["total"]
+        assert figures["think_tokens"]["total"] == c["total"]
+        assert figures["held_out_facts"]["total"] == len(held)
+        assert figures["trained_facts"]["correct"] == sum(answer(r)["correct"] for r in trained)
+        assert all(answer(r)["correct"] == (answer(r)["answer"] is not None and
+                                            H.answer_value(answer(r)["answer"], r["question"]) == r["expected"])
+                   for r in held + trained)
+    # The held-out documents are scored one by one (the data build holds out several), and over all.
     doc = report["document_loss"]
-    assert doc["documents"] >= 1 and doc["tokens"] > 0 and 5 < doc["loss"] < 12   # a random model: near log(4096)
+    assert doc["documents"] == len(doc["per_document"]) >= 3 and doc["tokens"] > 0 and 5 < doc["loss"] < 12
+    assert doc["tokens"] == sum(d["tokens"] for d in doc["per_document"]) and all(d["tokens"] for d in doc["per_document"])
     text = capsys.readouterr().out
-    assert "held-out C64 facts" in text and "held-out C64 document loss" in text and str(out) in text
+    for line in ("held-out C64 facts", "held-out C64 document loss", "think length", "greedy:",
+                 "sampled (temperature 0.7, top-p 0.95, seed 0)", str(out)):
+        assert line in text, line
+
+    # The same seed gives the same sampled answers; --no-greedy leaves the second figure out; a token cap per
+    # document shortens the document loss.
+    again = tmp_path / "again.json"
+    assert eval_main(["--model-path", str(tiny_model_dir), "--sft-dir", str(processed / "sft"), "--dapt-dir",
+                      str(processed / "dapt"), "--out", str(again), "--no-greedy", "--doc-max-tokens", "128"]
+                     + EVAL_FAST) == 0
+    second = json.loads(again.read_text())
+    def sampled(rep):
+        return [(r["answer"], r["generated_tokens"]) for r in rep["items"]["held_out"] + rep["items"]["trained"]]
+    assert sampled(second) == sampled(report) and second["greedy"] is None and "greedy" not in second["items"]["held_out"][0]
+    assert all(d["tokens"] <= 128 for d in second["document_loss"]["per_document"])
 
 
 def test_eval_refuses_a_missing_adapter(tiny_model_dir, tmp_path, capsys):
     from train.tools.evaluate import main as eval_main
     assert eval_main(["--model-path", str(tiny_model_dir), "--adapter", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+# --- the flow's side-by-side table -------------------------------------------------------------------
+
+def fake_report(held: int, trained: int, passed: int, cut: int, think: tuple, losses: dict, greedy: bool = True) -> dict:
+    def facts(n):
+        return {"correct": n, "total": 28, "accuracy": n / 28, "by_kind": {}}
+
+    def figures(passed, cut, think):
+        return {"held_out_facts": facts(held), "trained_facts": facts(trained), "cut_share": cut / 56,
+                "contract": {"passed": passed, "total": 56, "rate": passed / 56, "cut_by_budget": cut},
+                "think_tokens": {"median": think[0], "p95": think[1], "measured": 56, "total": 56}}
+    tokens = 100
+    per_doc = [{"id": k, "tokens": tokens, "loss": v} for k, v in losses.items()]
+    return figures(passed, cut, think) | {
+        "decoding": {"sampled": {"temperature": 0.7, "top_p": 0.95, "seed": 0}, "greedy_too": greedy},
+        "greedy": figures(passed - 10, cut + 5, (think[0] * 2, think[1] * 2)) if greedy else None,
+        "document_loss": {"loss": sum(losses.values()) / len(losses), "documents": len(losses), "per_document": per_doc}}
+
+
+def test_flow_table_shows_what_each_stage_changed():
+    from train.tools.flow import comparison
+    reports = {"base": fake_report(0, 0, 50, 2, (40, 300), {"a": 6.0, "b": 5.0, "c": 4.0}),
+               "DAPT": fake_report(0, 1, 52, 1, (38, 290), {"a": 5.0, "b": 4.5, "c": 4.5}),
+               "SFT": fake_report(1, 9, 55, 0, (30, 80), {"a": 5.5, "b": 5.5, "c": 3.0}, greedy=False)}
+    table = comparison(reports).splitlines()
+    rows = {line[:40].strip(): line[40:].split() for line in table[1:]}
+    assert table[0].split() == ["base", "DAPT", "SFT"]
+    assert "trained C64 facts, sampled" in rows and rows["trained C64 facts, sampled"][-2:] == ["9/28", "(32%)"]
+    assert rows["think tokens, median / p95, sampled"] == ["40", "/", "300", "38", "/", "290", "30", "/", "80"]
+    assert rows["cut by the token budget, sampled"][:2] == ["2/56", "(4%)"]
+    assert rows["held-out C64 document loss (3 docs)"] == ["5.000", "4.667", "4.667"]
+    assert rows["documents below the base's loss"] == ["-", "2/3", "2/3"]
+    # The greedy figure sits under each sampled one; a stage evaluated without greedy shows a dash.
+    greedy = [line for line in table if line.startswith("  greedy")]
+    assert len(greedy) == 5 and all(line.split()[-1] == "-" for line in greedy)
+    assert table[-1].startswith("sampled: temperature 0.7, top-p 0.95, seed 0")
+    assert max(map(len, table[:-1])) <= 100

@@ -69,6 +69,34 @@ def peak_reserved_mib(device: torch.device) -> float | None:
     return None
 
 
+def note_emulated_bf16(device: torch.device, precision: str, say) -> str | None:
+    """For bf16 on a CPU that emulates it: say (and return) one line on how much slower a matmul is here in bf16
+    than in fp32, measured now on a small matmul in both dtypes (cheap enough for every start); else None."""
+    if device.type != "cpu" or precision != "bf16" or cpu_has_native_bf16():
+        return None
+    from train.flops import measure_matmul_peak
+
+    size = 512   # large enough that fp32 is not bound by call overhead, small enough to stay cheap in bf16
+    fp32, bf16 = (measure_matmul_peak(device, dtype, size=size, seconds=0.1) for dtype in (torch.float32, torch.bfloat16))
+    line = (f"--precision bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX): a {size}x{size} matmul takes "
+            f"{fp32 / bf16:.1f}x as long here as in fp32; --precision fp32 trains faster on this machine")
+    say(line)
+    return line
+
+
+def flush_denormals() -> None:
+    """Flush denormal floats to zero on this thread, for CPU training.
+
+    Adam's second moments decay towards zero and turn denormal; x86 handles denormals in microcode, tens of times
+    slower. Flushing them changes nothing measurable in the result. numpy reads its float limits from the FPU
+    the first time numpy.ma is imported (np.unique imports it lazily, in the data build); under flushing it
+    finds no subnormals and warns, so numpy.ma is imported first, while the FPU still has them.
+    """
+    import numpy.ma  # noqa: F401
+
+    torch.set_flush_denormal(True)
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """torch.cuda.max_memory_allocated on a GPU; the process's peak RSS on the CPU."""
     if device.type == "cuda":

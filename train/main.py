@@ -36,8 +36,8 @@ from train import checkpointing, distributed, forensics, memory_plan, report
 from train.batching import Row, collate, epoch_plan, pack_documents, read_jsonl, to_device
 from train.checkpointing import sha256_file
 from train.config import ConfigError, TrainConfig, parse_args, validate_args
-from train.device import (autocast, expandable_cuda_segments, peak_memory_mib, peak_reserved_mib, refuse_silent_cpu,
-                          resolve_device, steady_cpu_allocator)
+from train.device import (autocast, expandable_cuda_segments, flush_denormals, note_emulated_bf16, peak_memory_mib,
+                          peak_reserved_mib, refuse_silent_cpu, resolve_device, steady_cpu_allocator)
 from train.divergence import DivergenceWatch
 from train.export import export_merged, export_vlm_adapter
 from train.flops import labels_only_step_flops, measure_matmul_peak, mfu_peak, model_flops_per_token
@@ -136,11 +136,10 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     if cfg.detect_anomaly:
         torch.autograd.set_detect_anomaly(True)
     if device.type == "cpu":
-        # Adam's second moments decay towards zero and turn denormal; x86 handles denormals in microcode,
-        # tens of times slower. Flushing them to zero changes nothing measurable in the result.
-        torch.set_flush_denormal(True)
+        flush_denormals()
         # Freed activations go back to the system at once, so the RSS is what the memory plan predicts.
         steady_cpu_allocator()
+        note_emulated_bf16(device, cfg.precision, log.warn)
     # Same seed on every process: identical LoRA init everywhere, identical epoch plans.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

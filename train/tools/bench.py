@@ -38,7 +38,7 @@ from train import distributed, memory_plan
 from train.attention import set_attention
 from train.batching import Row, collate, epoch_plan, read_jsonl
 from train.config import TrainConfig
-from train.device import default_precision, expandable_cuda_segments, resolve_device, steady_cpu_allocator
+from train.device import default_precision, expandable_cuda_segments, flush_denormals, resolve_device, steady_cpu_allocator
 from train.flops import labels_only_step_flops, lora_param_count, measure_matmul_peak, mfu_peak, model_flops_per_token
 from train.lora_dropout import use_lane_mask_dropout
 from train.lora_model import attach_lora
@@ -202,7 +202,7 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        torch.set_flush_denormal(True)  # as the loop does on CPU
+        flush_denormals()  # as the loop does on CPU
         steady_cpu_allocator()
     totals = {"label": 0, "all": 0, "trunk": 0, "padded": 0}
     steady = dict.fromkeys(totals, 0)

@@ -23,32 +23,71 @@ from train.tools.tiny_preset import TINY_EVAL, phase_argv
 
 TINY_MODEL = Path("models/tiny-ministral3")
 
+# What flow_summary.json keeps of each evaluation: the figures, not the answers.
+EVAL_SUMMARY_FIELDS = ("decoding", "held_out_facts", "trained_facts", "contract", "think_tokens", "cut_share", "greedy",
+                       "document_loss")
+
+
 def banner(text: str) -> None:
     line = "=" * 100
     print(f"\n{line}\n{text}\n{line}", flush=True)
 
 
 def comparison(reports: dict[str, dict]) -> str:
-    """The base / DAPT / SFT evaluations side by side."""
+    """The base / DAPT / SFT evaluations side by side: sampled figures first, each with its greedy figure
+    under it, then the think length, the budget cuts and the held-out document loss."""
     def acc(part):
         return "-" if part is None else f"{part['correct']}/{part['total']} ({part['accuracy']:.0%})"
 
-    def loss(r):
-        d = r["document_loss"]
-        return "-" if d is None else f"{d['loss']:.3f}"
+    def contract(c):
+        return f"{c['passed']}/{c['total']} ({c['rate']:.0%})"
 
-    base_loss = (reports["base"]["document_loss"] or {}).get("loss")
-    rows = [("held-out C64 facts, exact answer", lambda r: acc(r["held_out_facts"])),
-            ("trained C64 facts, exact answer", lambda r: acc(r["trained_facts"])),
-            ("reasoning contract (greedy)", lambda r: f"{r['contract']['passed']}/{r['contract']['total']} "
-                                                      f"({r['contract']['rate']:.0%})"),
-            ("  cut by the token budget", lambda r: str(r["contract"]["cut_by_budget"])),
-            ("held-out C64 document loss", loss),
-            ("  change against the base", lambda r: "-" if not base_loss or r["document_loss"] is None else
-             f"{(r['document_loss']['loss'] - base_loss) / base_loss:+.0%}")]
+    def greedy(fn):
+        return lambda r: "-" if not r.get("greedy") else fn(r["greedy"])
+
+    def think(t):
+        return "-" if not t["measured"] else f"{t['median']} / {t['p95']}"
+
+    def cut(r):
+        return f"{r['contract']['cut_by_budget']}/{r['contract']['total']} ({r['cut_share']:.0%})"
+
+    base_doc = reports["base"]["document_loss"]
+    base_loss = (base_doc or {}).get("loss")
+    base_per_doc = {d["id"]: d["loss"] for d in (base_doc or {}).get("per_document", [])}
+
+    def loss(r):
+        return "-" if r["document_loss"] is None else f"{r['document_loss']['loss']:.3f}"
+
+    def change(r):
+        return ("-" if not base_loss or r["document_loss"] is None else
+                f"{(r['document_loss']['loss'] - base_loss) / base_loss:+.0%}")
+
+    def lower(r):
+        if r is reports["base"]:
+            return "-"
+        docs = [d for d in (r["document_loss"] or {}).get("per_document", []) if d["id"] in base_per_doc]
+        return "-" if not docs else f"{sum(d['loss'] < base_per_doc[d['id']] for d in docs)}/{len(docs)}"
+
+    n_docs = (base_doc or {}).get("documents", 0)
+    rows = [("held-out C64 facts, sampled", lambda r: acc(r["held_out_facts"])),
+            ("  greedy", greedy(lambda g: acc(g["held_out_facts"]))),
+            ("trained C64 facts, sampled", lambda r: acc(r["trained_facts"])),
+            ("  greedy", greedy(lambda g: acc(g["trained_facts"]))),
+            ("reasoning contract, sampled", lambda r: contract(r["contract"])),
+            ("  greedy", greedy(lambda g: contract(g["contract"]))),
+            ("cut by the token budget, sampled", cut),
+            ("  greedy", greedy(cut)),
+            ("think tokens, median / p95, sampled", lambda r: think(r["think_tokens"])),
+            ("  greedy", greedy(lambda g: think(g["think_tokens"]))),
+            (f"held-out C64 document loss ({n_docs} docs)", loss),
+            ("  change against the base", change),
+            ("  documents below the base's loss", lower)]
     names = list(reports)
-    lines = [f"{'':36s}" + "".join(f"{n:>18s}" for n in names)]
-    lines += [f"{label:36s}" + "".join(f"{fn(reports[n]):>18s}" for n in names) for label, fn in rows]
+    lines = [f"{'':40s}" + "".join(f"{n:>16s}" for n in names)]
+    lines += [f"{label:40s}" + "".join(f"{fn(reports[n]):>16s}" for n in names) for label, fn in rows]
+    decoding = reports["base"].get("decoding", {}).get("sampled", {})
+    lines.append("sampled: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in decoding.items())
+                 + "; greedy: the same questions, answered greedily")
     return "\n".join(lines)
 
 
@@ -66,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-seed", type=int, default=0, help="sampling seed of the post-training checks")
     ap.add_argument("--dapt-steps", type=int, default=None, help="override the preset's DAPT --max-steps")
     ap.add_argument("--sft-steps", type=int, default=None, help="override the preset's SFT --max-steps")
-    ap.add_argument("--seed", type=int, default=None, help="--seed for DAPT and SFT (default: train.main's --seed)")
+    ap.add_argument("--seed", type=int, default=None, help="--seed for DAPT, SFT and the evaluations' sampling "
+                                                           "(default: each one's own --seed default)")
     ap.add_argument("--stand-in-steps", type=int, default=None,
                     help="override the stand-in's pretraining steps (tests; a different recipe, cached apart)")
     ap.add_argument("--eval-per-kind", type=int, default=None, help="questions per kind in each evaluation")
@@ -103,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     evals = {"base": (None, models_dir / "eval_report_base.json"), "DAPT": (dapt_out, dapt_out / "eval_report.json"),
              "SFT": (sft_out, sft_out / "eval_report.json")}
     eval_common = (["--model-path", str(model), "--sft-dir", str(sft_dir), "--dapt-dir", str(dapt_dir)]
-                   + (TINY_EVAL if tiny else []) + (["--per-kind", str(a.eval_per_kind)] if a.eval_per_kind else []))
+                   + (TINY_EVAL if tiny else []) + (["--per-kind", str(a.eval_per_kind)] if a.eval_per_kind else [])
+                   + (["--seed", str(a.seed)] if a.seed is not None else []))
 
     stages = [
         ("data", data_main, ["--raw-dir", a.raw_dir, "--out-dir", a.data_dir, "--model-path", str(model)]
@@ -151,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(model), "tiny": tiny, "precision": precision, "stage_seconds": times, "total_seconds": total,
         "contract_pass_rate": report["contract_pass_rate"], "contract_floor": report["contract_floor"],
         "greedy_contract_pass_rate": report["greedy_contract_pass_rate"], "checks_passed": report["passed"],
-        "evaluation": {name: {k: r[k] for k in ("held_out_facts", "trained_facts", "contract", "document_loss")}
-                       for name, r in reports.items()}}, indent=1))
+        "evaluation": {name: {k: r.get(k) for k in EVAL_SUMMARY_FIELDS} for name, r in reports.items()}}, indent=1))
     return 1 if checks_failed else 0
 
 

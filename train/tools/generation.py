@@ -156,6 +156,26 @@ def contract_summary(judged: list[Judged], budget: int) -> dict:
             "max_new_tokens": budget}
 
 
+def think_tokens(ids: list[int]) -> int | None:
+    """How many tokens the [THINK] part of a generation holds: from [THINK] to [/THINK], or to the end when
+    [/THINK] never came (a cut trace, so a lower bound); None when the generation does not open with [THINK]."""
+    if not ids or ids[0] != THINK_OPEN_ID:
+        return None
+    end = ids.index(THINK_CLOSE_ID) if THINK_CLOSE_ID in ids else len(ids) - (ids[-1] == EOS_ID)
+    return end - 1
+
+
+def think_summary(generations: list[list[int]]) -> dict:
+    """Median and p95 think length over the generations that open with [THINK] (`measured` of them)."""
+    import numpy as np
+
+    lengths = [n for n in map(think_tokens, generations) if n is not None]
+    if not lengths:
+        return {"median": None, "p95": None, "measured": 0, "total": len(generations)}
+    median, p95 = np.percentile(lengths, [50, 95], method="nearest")
+    return {"median": int(median), "p95": int(p95), "measured": len(lengths), "total": len(generations)}
+
+
 def prompt_ids(messages: list[dict], tokenizer, template: str, default_system: str) -> tuple[str, list[int]]:
     """A conversation up to (not including) its first assistant turn, rendered with the training template as
     the model sees it when it starts to answer, and its token ids."""
