@@ -44,9 +44,11 @@ def test_strict_sft_refuses_to_train_on_a_drifted_folder(tiny_model_dir, tmp_pat
     system = system_prompt_for(str(folder))
     data = tmp_path / "sft"
     data.mkdir()
-    (data / "train.jsonl").write_text(json.dumps({"id": "x", "messages": [
+    row = json.dumps({"id": "x", "messages": [
         {"role": "system", "content": system}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "[THINK]a[/THINK]b"}]}) + "\n")
+        {"role": "assistant", "content": "[THINK]a[/THINK]b"}]}) + "\n"
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text(row)
     rc = main(["--phase", "sft", "--model-path", str(folder), "--sft-dir", str(data), "--output-dir",
                str(tmp_path / "out"), "--device", "cpu", "--precision", "fp32", "--max-steps", "1"])
     err = capsys.readouterr().err
