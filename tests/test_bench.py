@@ -53,18 +53,18 @@ def test_repeat_summarises_every_run(toy_preset, tmp_path, capsys):
     assert bench.main(["--preset", "cpu", "--repeat", "0"]) == 2
 
 
-def test_figures_are_steady_state_and_the_model_is_built_in_its_dtype(toy_preset, tmp_path, monkeypatch):
+def test_figures_are_steady_state_and_the_model_is_built_in_its_dtype(toy_preset, tmp_path):
     """The warm-up step runs but is left out of tokens/s and MFU; the random model's weights are created in the
     run's dtype (an 8B model built in fp32 first needs 34 GB at once)."""
     import torch
     made = []
     real_init = torch.nn.Linear.reset_parameters
-    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", lambda self: (made.append(self.weight.dtype),
-                                                                           real_init(self)))
-    model = bench.random_text_model(TOY["shapes"], torch.bfloat16, torch.device("cpu"))
+    # A context of its own: monkeypatch.undo() would also undo toy_preset and bench the full cpu preset.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.Linear, "reset_parameters", lambda self: (made.append(self.weight.dtype), real_init(self)))
+        model = bench.random_text_model(TOY["shapes"], torch.bfloat16, torch.device("cpu"))
     assert made and set(made) == {torch.bfloat16}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    monkeypatch.undo()
 
     out = tmp_path / "b.json"
     assert bench.main(["--preset", "cpu", "--precision", "fp32", "--device", "cpu", "--phase", "dapt",

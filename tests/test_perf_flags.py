@@ -100,11 +100,25 @@ def test_compile_keeps_loss_and_grads_across_row_lengths(tiny_text_model_dir):
 
 def test_dapt_compiles_static_shapes(tiny_text_model_dir, monkeypatch):
     """Issue 28, item 7: DAPT's blocks all have one length, so its layers compile with static shapes."""
-    from train.lora_model import compile_layers
+    from train.lora_model import compile_layers, mark_sequence_dynamic
     asked = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: asked.append(kw.get("dynamic", "unset")))
     compile_layers(lora_model(tiny_text_model_dir, phase="dapt"), "dapt")
     assert asked and set(asked) == {False}
     asked.clear()
-    compile_layers(lora_model(tiny_text_model_dir), "sft")
-    assert asked and set(asked) == {None}   # dynamic only where marked: the sequence dimension
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(kw.get("dynamic", "unset")) or fn)
+    model = lora_model(tiny_text_model_dir)
+    compile_layers(model, "sft")
+    # SFT: each layer's forward, dynamic only where the pre-hook marks it (the sequence dimensions)
+    layers = causal_lm(model).model.layers
+    assert not asked and compiled == [None] * len(layers)
+    assert all(list(layer._forward_pre_hooks.values()) == [mark_sequence_dynamic] for layer in layers)
+
+
+def test_the_sequence_dimensions_are_marked_dynamic():
+    from train.lora_model import mark_sequence_dynamic
+    hidden, mask, cos = torch.zeros(2, 7, 4), torch.zeros(2, 1, 7, 9), torch.zeros(2, 7, 3)
+    mark_sequence_dynamic(None, (hidden,), {"attention_mask": mask, "position_embeddings": (cos, cos)})
+    assert hidden._dynamo_weak_dynamic_indices == {1} and mask._dynamo_weak_dynamic_indices == {2, 3}
+    assert cos._dynamo_weak_dynamic_indices == {1}

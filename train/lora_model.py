@@ -89,18 +89,31 @@ def compile_layers(model, phase: str = "sft") -> None:
     # does; train, eval and the shared-prefix calls differ too), and past it dynamo quietly runs everything
     # eager, which a deep model reaches with the default of 8.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    decoder = causal_lm(model).model
-    if phase == "sft":
-        # The layers' inputs come from the eager embedding and rotary modules: marking their sequence dimension
-        # there spares a recompilation at the second length (automatic dynamic would do it after the fact).
-        def mark_sequence_dynamic(module, args, output):
-            for t in (output if isinstance(output, tuple) else (output,)):
-                if torch.is_tensor(t) and t.dim() >= 2:
-                    torch._dynamo.maybe_mark_dynamic(t, 1)
-        decoder.embed_tokens.register_forward_hook(mark_sequence_dynamic)
-        decoder.rotary_emb.register_forward_hook(mark_sequence_dynamic)
-    for layer in decoder.layers:
-        layer.compile(dynamic=False if phase == "dapt" else None)
+    for layer in causal_lm(model).model.layers:
+        if phase == "dapt":
+            layer.compile(dynamic=False)
+            continue
+        # The forward is compiled, not the module's call, so that this pre-hook runs eagerly and can mark the
+        # inputs' sequence dimensions dynamic before dynamo sees them; marked inside the graph they would be
+        # specialised to the first length like every other dimension.
+        layer.register_forward_pre_hook(mark_sequence_dynamic, with_kwargs=True)
+        layer.forward = torch.compile(layer.forward, dynamic=None)
+
+
+def mark_sequence_dynamic(module, args, kwargs):
+    """Mark the sequence dimensions of a decoder layer's inputs dynamic: dimension 1 of the hidden states, of the
+    rotary cos/sin and of the positions, and the last two of a 4-D attention mask (query and key length, which a
+    shared prefix makes differ)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    seq = hidden.shape[1]
+    for value in (*args, *kwargs.values()):
+        for t in (value if isinstance(value, (tuple, list)) else (value,)):
+            if not torch.is_tensor(t) or t.dim() < 2:
+                continue
+            dims = (t.dim() - 2, t.dim() - 1) if t.dim() == 4 else [d for d in range(1, t.dim()) if t.shape[d] == seq]
+            for d in dims:
+                torch._dynamo.maybe_mark_dynamic(t, d)
+    return None
 
 
 def shard_model(model, mesh, device: torch.device):
