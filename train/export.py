@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from contract.errors import UserError
+from contract.prompt import system_prompt_for
 from train.checkpointing import sha256_file
 from train.pretrained import lora_target_regex, read_text_config, safetensors_files, text_key
 
@@ -33,8 +34,12 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.j
 # Written last into an exported folder; its presence marks the folder as ours to replace on a re-export.
 EXPORT_INFO = "export_info.json"
 # Files of a model folder that the merged folder must not carry: weights in another layout (Mistral's native
-# consolidated.safetensors + params.json would still be the unmerged base) and pickled weights.
-NOT_COPIED = ("consolidated.safetensors", "params.json")
+# consolidated*.safetensors + params.json would still be the unmerged base, and vLLM would serve those) and
+# pickled weights.
+NOT_COPIED_PREFIXES = ("consolidated", "params.json")
+# The system prompt the model was trained with (SYSTEM_PROMPT.txt + the C64 specialization), as a file a server
+# or client can send as the system message: no server applies it on its own.
+SERVED_SYSTEM_PROMPT = "SERVED_SYSTEM_PROMPT.txt"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
@@ -276,9 +281,11 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None, model_path
         raise ExportError(f"{base}: merged {merged} weights but the adapters adapt {len(deltas)} modules")
     weight_files = {f.name for f in files}
     for item in sorted(base.iterdir()):
-        if item.is_file() and item.name not in weight_files and item.name not in NOT_COPIED \
+        if item.is_file() and item.name not in weight_files and not item.name.startswith(NOT_COPIED_PREFIXES) \
                 and not item.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(item, partial / item.name)  # config, index, tokenizer, template, SYSTEM_PROMPT.txt
+            shutil.copy2(item, partial / item.name)  # config, index, tokenizers, template, processor files
+    _drop_quantization_config(partial / "config.json")
+    (partial / SERVED_SYSTEM_PROMPT).write_text(system_prompt_for(base), encoding="utf-8")
     _write_info(partial, base, adapters, {"kind": "merged", "merged_weights": merged})
     if out.exists():
         shutil.rmtree(out)
@@ -286,8 +293,32 @@ def export_merged(run_dir: str | Path, out: str | Path | None = None, model_path
     return out
 
 
+def _drop_quantization_config(config_file: Path) -> None:
+    """The merged weights are plain floats: a quantization_config copied from a quantised base would make a
+    server dequantise (or refuse) weights that are not quantised."""
+    config = json.loads(config_file.read_text())
+    stripped = {k: v for k, v in config.items() if k != "quantization_config"}
+    if isinstance(stripped.get("text_config"), dict):
+        stripped["text_config"] = {k: v for k, v in stripped["text_config"].items() if k != "quantization_config"}
+    if stripped != config:
+        config_file.write_text(json.dumps(stripped, indent=2) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that wrote an export, for its export_info.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def _write_info(out: Path, base: Path, adapters: list[LoraAdapter], extra: dict) -> None:
-    info = extra | {"base_model": str(base.resolve()),
+    info = extra | {"versions": package_versions(), "base_model": str(base.resolve()),
                     "adapters": [{"path": str(a.path.resolve()), "r": a.rank, "scale": a.scale,
                                   "sha256": sha256_file(a.path / ADAPTER_WEIGHTS)} for a in adapters]}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
