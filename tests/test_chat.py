@@ -98,7 +98,7 @@ def test_one_shot_prompt_with_an_adapter(sft_on_dapt, tiny_model_dir, capsys):
     _, sft = sft_on_dapt
     # --model-path defaults to the base the adapter was trained on.
     assert chat_main(["--adapter", str(sft), "--prompt", "How do I clear the screen?", "--max-new-tokens", "6",
-                      "--device", "cpu"]) == 0
+                      "--greedy", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert f"chat: {tiny_model_dir} + {sft} on cpu; do_sample=False" in captured.err
     # Six greedy tokens of a barely trained model never make a whole turn: it is shown, and flagged.
@@ -110,7 +110,7 @@ def test_interactive_reads_messages_until_exit(sft_on_dapt, tiny_model_dir, caps
     _, sft = sft_on_dapt
     monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n/reset\n\nsecond question\n/exit\nnever asked\n"))
     assert chat_main(["--model-path", str(tiny_model_dir), "--adapter", str(sft), "--max-new-tokens", "4",
-                      "--device", "cpu"]) == 0
+                      "--greedy", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "you> first question\n" in out and "you> /reset\n(conversation cleared)" in out
     assert "you> second question\n" in out and "never asked" not in out
@@ -125,18 +125,25 @@ def test_an_exported_vlm_adapter_is_refused_rather_than_loaded_as_a_no_op(sft_on
     assert "under the VLM's module names" in capsys.readouterr().err
 
 
-def test_sampling_settings_come_from_generation_config(tiny_model_dir, tmp_path, capsys):
-    configured = json.loads((tiny_model_dir / "generation_config.json").read_text())
-    assert generation_settings(tiny_model_dir, False, 7) == {"max_new_tokens": 7, "do_sample": False}
-    sampled = generation_settings(tiny_model_dir, True, 7)
+def test_chat_samples_as_recommended_unless_greedy(tiny_model_dir, tmp_path, capsys):
+    from train.tools.generation import RECOMMENDED_SAMPLING
+    assert generation_settings(tiny_model_dir, True, 7) == {"max_new_tokens": 7, "do_sample": False}
+    sampled = generation_settings(tiny_model_dir, False, 7)
     assert sampled["do_sample"] is True and sampled["max_new_tokens"] == 7
-    assert {k: sampled[k] for k in ("temperature", "top_p")} == {k: configured[k] for k in ("temperature", "top_p")}
-    # Missing files are reported with their path, exit 1.
-    for name in ("generation_config.json", "chat_template.jinja"):
-        folder = tmp_path / name
-        folder.mkdir()
-        for f in tiny_model_dir.iterdir():
-            if f.name != name:
-                (folder / f.name).symlink_to(f)
-        assert chat_main(["--model-path", str(folder), "--prompt", "hi", "--sample", "--device", "cpu"]) == 1
-        assert f"{folder / name}: missing" in capsys.readouterr().err
+    configured = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    assert {k: sampled[k] for k in RECOMMENDED_SAMPLING} == {k: configured.get(k, v) for k, v in RECOMMENDED_SAMPLING.items()}
+    # Without generation_config.json: the card's recommendation, not greedy.
+    folder = tmp_path / "no-generation-config"
+    folder.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.name != "generation_config.json":
+            (folder / f.name).symlink_to(f)
+    assert {k: generation_settings(folder, False, 7)[k] for k in RECOMMENDED_SAMPLING} == RECOMMENDED_SAMPLING
+    # A missing template is reported with its path, exit 1.
+    folder = tmp_path / "no-template"
+    folder.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.name != "chat_template.jinja":
+            (folder / f.name).symlink_to(f)
+    assert chat_main(["--model-path", str(folder), "--prompt", "hi", "--device", "cpu"]) == 1
+    assert f"{folder / 'chat_template.jinja'}: missing" in capsys.readouterr().err

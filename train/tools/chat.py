@@ -1,11 +1,13 @@
 """Talk to a model: a base folder, a merged export, or a base with a run's adapter (docs/usage.md, "Chat").
 
-    ./run.sh chat --model-path M [--adapter RUN_DIR] [--prompt TEXT] [--sample] [--max-new-tokens N]
+    ./run.sh chat --model-path M [--adapter RUN_DIR] [--prompt TEXT] [--greedy] [--seed N] [--max-new-tokens N]
 
 Each turn is rendered with the model folder's own chat_template.jinja and the contract's system prompt
-(SYSTEM_PROMPT.txt + the C64 specialization, exactly as in training), generated greedily (or with the sampling
-settings of the folder's generation_config.json under --sample), printed as the tokens come with the reasoning
-and the answer under their own headings, and checked against the reasoning contract in token space.
+(SYSTEM_PROMPT.txt + the C64 specialization, exactly as in training), sampled with the model's recommended
+settings (temperature 0.7 / top-p 0.95 unless the folder's generation_config.json sets its own; --greedy for
+checks that must repeat), printed as the tokens come with the reasoning and the answer under their own
+headings, and checked against the reasoning contract in token space. Earlier turns stay in the context with
+their [THINK] traces, as the model card recommends for multi-turn use.
 Without --prompt it reads one message per line from standard input: /reset starts over, /exit (or end of
 input) quits.
 """
@@ -28,10 +30,8 @@ from train.config import DEFAULT_MODEL_PATH
 from train.device import resolve_device
 from train.export import VLM_DECODER
 from train.pretrained import load_tokenizer
-from train.tools.generation import adapter_lineage, load_for_inference
+from train.tools.generation import adapter_lineage, load_for_inference, sampling_settings
 
-# generation_config.json fields that --sample takes over; everything else (lengths, ids) is set here.
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 HEADINGS = {"reasoning": "── reasoning ──", "answer": "── answer ──"}
 
 
@@ -145,18 +145,10 @@ class Chat:
         return verdict
 
 
-def generation_settings(model_path: Path, sample: bool, max_new_tokens: int) -> dict:
-    """Greedy by default; with --sample the sampling fields of the model folder's generation_config.json."""
-    settings = {"max_new_tokens": max_new_tokens, "do_sample": False}
-    if not sample:
-        return settings
-    from transformers import GenerationConfig
-
-    path = model_path / "generation_config.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; --sample takes its settings from the model folder's generation_config.json")
-    configured = GenerationConfig.from_pretrained(str(model_path)).to_diff_dict()
-    return settings | {"do_sample": True} | {k: configured[k] for k in SAMPLING_FIELDS if k in configured}
+def generation_settings(model_path: Path, greedy: bool, max_new_tokens: int) -> dict:
+    """The model's recommended sampling (generation.sampling_settings); greedy decoding under --greedy."""
+    decoding = {"do_sample": False} if greedy else sampling_settings(model_path)
+    return {"max_new_tokens": max_new_tokens} | decoding
 
 
 def check_adapter(path: Path) -> None:
@@ -203,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter", default=None, metavar="RUN_DIR", help="a training run's folder; its lineage "
                     "(--base-adapter) is merged in first, as the run trained")
     ap.add_argument("--prompt", default=None, help="ask this one message, print the answer and exit")
-    ap.add_argument("--sample", action="store_true", help="sample with the settings of the model folder's "
-                    "generation_config.json instead of greedy decoding")
-    ap.add_argument("--seed", type=int, default=0, help="random seed for --sample")
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of the recommended sampling "
+                    "(for checks that must give the same answer every time)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     a = ap.parse_args(argv)
@@ -218,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         template_path = model_path / "chat_template.jinja"
         if not template_path.is_file():
             raise UserError(f"{template_path}: missing; chat renders with the model folder's own template")
-        settings = generation_settings(model_path, a.sample, a.max_new_tokens)
+        settings = generation_settings(model_path, a.greedy, a.max_new_tokens)
         device = resolve_device(a.device)
         tokenizer = load_tokenizer(model_path)
         system_prompt = system_prompt_for(model_path)
