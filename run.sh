@@ -33,8 +33,12 @@ Usage: ./run.sh [VERB] [FLAGS...]
   ./run.sh check --run-dir DIR      post-training checks -> DIR/post_training_report.json
   ./run.sh chat --model-path M [--adapter RUN_DIR] [--prompt TEXT]
                                     talk to a model (interactive, or one answer with --prompt)
-  ./run.sh export RUN_DIR [--merge] [--out DIR]
-                                    vlm_adapter/ (lineage included) and, with --merge, a merged model folder
+  ./run.sh export RUN_DIR [--merge] [--format hf|gguf] [--out DIR]
+                                    vlm_adapter/ (lineage included), with --merge a merged model folder, with
+                                    --format gguf a GGUF file (llama.cpp's converter), serve files next to each
+  ./run.sh serve-check URL --model-path M [--adapter RUN_DIR] [--base-model NAME]
+                                    a served model (OpenAI API) against local transformers: greedy agreement,
+                                    contract rate, whether the adapter changed anything
   ./run.sh report RUN_DIR... [--out FILE]
                                     rebuild RUN_DIR/report.html; several run folders share the axes
   ./run.sh eval --model-path M [--adapter DIR] [--out FILE]
@@ -99,6 +103,7 @@ case "$verb" in
   check)       shift; exec "$PY" -m train.tools.post_checks "$@" ;;
   chat)        shift; exec "$PY" -m train.tools.chat "$@" ;;
   export)      shift; exec "$PY" -m train.tools.export_run "$@" ;;
+  serve-check) shift; exec "$PY" -m train.tools.serve_check "$@" ;;
   report)      shift; exec "$PY" -m train.report "$@" ;;
   eval)        shift; exec "$PY" -m train.tools.evaluate "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
