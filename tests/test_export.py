@@ -80,6 +80,9 @@ def test_merge_writes_the_whole_vlm_in_the_base_layout(sft_on_dapt, tiny_model_d
     index = json.loads((base / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2
+    # The released folder also carries Mistral's native layout: the unmerged base, which a server would serve.
+    (base / "params.json").write_text("{}")
+    save_file({"tok_embeddings.weight": torch.zeros(2, 2)}, str(base / "consolidated.safetensors"))
 
     assert export_main([str(sft), "--merge", "--out", str(tmp_path / "export"), "--model-path", str(base)]) == 0
     merged = tmp_path / "export" / "merged"
@@ -88,6 +91,10 @@ def test_merge_writes_the_whole_vlm_in_the_base_layout(sft_on_dapt, tiny_model_d
     for name in ("config.json", "generation_config.json", "chat_template.jinja", "SYSTEM_PROMPT.txt", "tokenizer.json",
                  "tokenizer_config.json"):
         assert (merged / name).read_bytes() == (base / name).read_bytes(), name
+    assert not (merged / "params.json").exists() and not (merged / "consolidated.safetensors").exists()
+    from contract.prompt import system_prompt_for
+    assert (merged / "SERVED_SYSTEM_PROMPT.txt").read_text(encoding="utf-8") == system_prompt_for(base)
+    assert json.loads((merged / "export_info.json").read_text())["versions"]["torch"] == torch.__version__
 
     # Every adapted weight is bf16(W + sum of scale * B @ A) of the whole lineage, as peft's own merge computes it
     # in fp32; everything else, the vision tower included, is the base's bytes.
@@ -149,6 +156,7 @@ MEMORY_PROBE = textwrap.dedent('''
     H, I, L, V, R = 1024, 4096, 8, 1000, 8
     (base / "config.json").write_text(json.dumps(dict(model_type="ministral3", hidden_size=H, intermediate_size=I,
         num_hidden_layers=L, num_attention_heads=8, num_key_value_heads=2, head_dim=128, vocab_size=V)))
+    (base / "SYSTEM_PROMPT.txt").write_text("You are a helpful assistant.")   # the export writes the served prompt
     shapes = {"model.embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "model.norm.weight": (H,)}
     for l in range(L):
         shapes |= {f"model.layers.{l}.self_attn.{p}.weight": (s, H) for p, s in
@@ -193,3 +201,16 @@ def test_merge_streams_without_a_copy_of_the_model(tmp_path):
         up = f.get_slice("model.layers.5.mlp.up_proj.weight")[:2, :3]
         assert torch.equal(up, torch.full((2, 3), 0.0016).to(torch.bfloat16))
         assert torch.equal(f.get_slice("model.norm.weight")[:4], torch.zeros(4, dtype=torch.bfloat16))
+
+
+def test_a_merged_config_never_carries_a_quantization_config(tmp_path):
+    from train.export import _drop_quantization_config
+    config = tmp_path / "config.json"
+    fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    config.write_text(json.dumps({"model_type": "mistral3", "quantization_config": fp8,
+                                  "text_config": {"hidden_size": 8, "quantization_config": fp8}}))
+    _drop_quantization_config(config)
+    assert json.loads(config.read_text()) == {"model_type": "mistral3", "text_config": {"hidden_size": 8}}
+    before = config.read_bytes()
+    _drop_quantization_config(config)   # nothing to drop: the file is left as it was
+    assert config.read_bytes() == before
