@@ -61,7 +61,7 @@ def attach_lora(model, cfg):
     # same kind of independent masks from 64-bit random words (train/lora_dropout.py).
     use_lane_mask_dropout(model)
     if cfg.gradient_checkpointing:
-        model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model.base_model.model)
     model.base_model.model.config.use_cache = False
     if cfg.compile:
         compile_layers(model, cfg.phase)
@@ -73,11 +73,20 @@ def all_weights_trainable(model, cfg):
     for p in model.parameters():
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.config.use_cache = False
     if cfg.compile:
         compile_layers(model, cfg.phase)
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer. Recent transformers 5 releases call it
+    activation_checkpointing_enable and warn on the old name; earlier ones have the old name only."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def compile_layers(model, phase: str = "sft") -> None:
