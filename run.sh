@@ -45,6 +45,9 @@ Usage: ./run.sh [VERB] [FLAGS...]
                                     C64 evaluation: held-out facts, contract, document loss -> eval_report.json
   ./run.sh bench [--preset cpu|8b] [--out FILE.json]
                                     speed and memory figures
+  ./run.sh bench-trl [--precision fp32|bf16] [--repeat N] [--out FILE.json]
+                                    the cpu bench against TRL's SFTTrainer on the bench fixture (builds
+                                    .venv-trl/ with requirements-trl.txt and scratch/bench-fixture/ first)
 
 Every verb takes --help for its own flags. Multi-process: torchrun --nproc_per_node=N train/main.py --phase ...
 GPU figures (no setup, no network): bash train/tools/gpu_check.sh
@@ -84,6 +87,33 @@ ensure_chromium() {
   fi
 }
 
+# The TRL baseline runs in its own venv, so TRL and its dependencies never enter the project's. pip's cache
+# is kept (no --no-cache-dir): a rebuild after a pin change reuses the wheels it already has.
+TRL_VENV="${TRL_VENV:-$ROOT/.venv-trl}"
+BENCH_FIXTURE="${BENCH_FIXTURE:-$ROOT/scratch/bench-fixture}"
+trl_setup() {
+  local stamp="$TRL_VENV/.setup-stamp" want
+  want="$(sha256sum requirements-trl.txt | cut -d' ' -f1)"
+  if [[ -x "$TRL_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  echo "[bench-trl] creating/updating $TRL_VENV from requirements-trl.txt (several minutes the first time)" >&2
+  [[ -x "$TRL_VENV/bin/python" ]] || python3 -m venv "$TRL_VENV"
+  "$TRL_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$TRL_VENV/bin/python" -m pip install --quiet -r requirements-trl.txt >&2
+  echo "$want" > "$stamp"
+}
+
+bench_trl() {
+  trl_setup
+  # The fixture is built once (deterministic from its seed); delete the folder to build it again.
+  if [[ ! -f "$BENCH_FIXTURE/fixture.json" ]]; then
+    "$PY" -m train.tools.bench_fixture --out "$BENCH_FIXTURE"
+  fi
+  exec "$PY" -m train.tools.bench --preset cpu --fixture "$BENCH_FIXTURE" --trl-python "$TRL_VENV/bin/python" \
+    --trl-script "$ROOT/train/tools/trl_baseline.py" "$@"
+}
+
 verb="${1:-}"
 case "$verb" in
   -h|--help|help) usage; exit 0 ;;
@@ -107,6 +137,7 @@ case "$verb" in
   report)      shift; exec "$PY" -m train.report "$@" ;;
   eval)        shift; exec "$PY" -m train.tools.evaluate "$@" ;;
   bench)       shift; exec "$PY" -m train.tools.bench "$@" ;;
+  bench-trl)   shift; bench_trl "$@" ;;
   flow)        shift; exec "$PY" -m train.tools.flow "$@" ;;
   --*)         exec "$PY" -m train.main "$@" ;;
   *) echo "run.sh: unknown verb '$verb'" >&2; usage >&2; exit 2 ;;

@@ -5,11 +5,12 @@
 
 It drives the loop's own forward_backward() and AdamW step (train/main.py), so the figures are the
 loop's, not a re-implementation's. Presets:
-  cpu  the shapes of the team's bench fixture (a small Ministral-3-shaped model with its own tokenizer and
-       conversations, docs/performance.md): hidden 512, 8 layers, vocab 32768, seq <= 512, micro-batch 2,
-       accumulation 16, LoRA r16 on all projections. With --fixture, the fixture's own model, tokenizer,
-       template and conversations (what TRL's baseline trains on); with --trl-python and --trl-script, the
-       TRL SFTTrainer baseline script runs on the same fixture in a subprocess first and both are reported.
+  cpu  the shapes of the bench fixture (train/tools/bench_fixture.py: a small Ministral-3-shaped model with a
+       tokenizer, the training template and reasoning conversations): hidden 512, 8 layers, vocab 32768,
+       seq <= 512, micro-batch 2, accumulation 16, LoRA r16 on all projections. With --fixture, the fixture's
+       own model, tokenizer, template and conversations (what TRL's baseline trains on); with --trl-python and
+       --trl-script (train/tools/trl_baseline.py, run by a python that has TRL), TRL's SFTTrainer runs on the
+       same fixture in a subprocess first and both are reported. `./run.sh bench-trl` does all of it.
   8b   the real Ministral 3 8B text shapes with random bf16 weights, seq 2048, micro-batch 2, LoRA r16.
 --phase dapt trains full 2048-token blocks with every token labelled; sft (the default) conversation-shaped
 rows. The memory plan chooses the setting as the loop's does (--memory-budget, default auto).
@@ -43,23 +44,15 @@ from train.flops import labels_only_step_flops, lora_param_count, measure_matmul
 from train.lora_dropout import use_lane_mask_dropout
 from train.lora_model import attach_lora
 from train.main import forward_backward
-from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
+from train.pretrained import TEXT_CONFIG_8B
 from train.run_log import RunLog
 from train.state import Run
+from train.tools.model_files import BENCH_TEXT, text_config
 
-# The bench fixture's model as shapes.
-CPU_SHAPES = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-                  intermediate_size=1536, vocab_size=32768)
 PRESETS = {
-    "cpu": dict(shapes=CPU_SHAPES, max_length=512, micro_batch=2, accum=16, steps=8),
+    "cpu": dict(shapes=BENCH_TEXT, max_length=512, micro_batch=2, accum=16, steps=8),
     "8b": dict(shapes=TEXT_CONFIG_8B, max_length=2048, micro_batch=2, accum=16, steps=4),
 }
-
-
-def text_config(shapes: dict):
-    """The Ministral3Config of these shapes, with the real rope layout."""
-    from transformers import Ministral3Config
-    return Ministral3Config(**(TEXT_CONFIG_8B | shapes), rope_parameters=dict(ROPE_PARAMETERS))
 
 
 def random_text_model(shapes: dict, dtype: torch.dtype, device: torch.device):

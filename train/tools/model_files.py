@@ -1,6 +1,7 @@
-"""The files a model folder carries besides its weights, for the locally built models (the stand-in and the
-random-weight shape checks): a Tekken-like tokenizer.json with the control tokens at the real ids, an
-official-style chat_template.jinja, SYSTEM_PROMPT.txt and generation_config.json (docs/model.md)."""
+"""The files a model folder carries besides its weights, for the locally built models (the stand-in, the
+random-weight shape checks and the bench fixture): a Tekken-like tokenizer.json with the control tokens at the
+real ids, an official-style chat_template.jinja, SYSTEM_PROMPT.txt and generation_config.json (docs/model.md);
+and the text config those models are built from."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,20 @@ from contract.tokens import (BOS_ID, CONTROL_TOKEN_IDS, EOS_ID, NUM_CONTROL_SLOT
 from train.config import PROJECT_ROOT
 
 SAMPLE_RAW_DIR = PROJECT_ROOT / "data" / "raw"
+
+# The bench fixture's text model (train/tools/bench_fixture.py writes it, train/tools/bench.py's cpu preset
+# trains it): Ministral 3's layout at a size whose epoch of LoRA steps a 2-core CPU runs in minutes, with a
+# vocabulary large enough that the LM head and the loss weigh in the step as they do in the real model's.
+BENCH_TEXT = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                  intermediate_size=1536, vocab_size=32768)
+
+
+def text_config(shapes: dict, **fields):
+    """The Ministral3Config of these shapes (the rest as the released 8B text model's), with the real rope layout."""
+    from transformers import Ministral3Config
+
+    from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
+    return Ministral3Config(**(TEXT_CONFIG_8B | shapes), rope_parameters=dict(ROPE_PARAMETERS), **fields)
 
 # Tekken splits text with this tiktoken-style pattern before byte-level BPE.
 TEKKEN_PRETOKENIZE_REGEX = (
