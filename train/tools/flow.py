@@ -19,7 +19,8 @@ from pathlib import Path
 
 from train.config import DEFAULT_MODEL_PATH
 from train.device import default_precision, resolve_device
-from train.tools.tiny_preset import TINY_EVAL, phase_argv
+from train.tools.generation import generation_budget
+from train.tools.tiny_preset import TINY_EVAL, TINY_EVAL_BUDGET, phase_argv
 
 TINY_MODEL = Path("models/tiny-ministral3")
 
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     evals = {"base": (None, models_dir / "eval_report_base.json"), "DAPT": (dapt_out, dapt_out / "eval_report.json"),
              "SFT": (sft_out, sft_out / "eval_report.json")}
     eval_common = (["--model-path", str(model), "--sft-dir", str(sft_dir), "--dapt-dir", str(dapt_dir)]
-                   + (TINY_EVAL if tiny else []) + (["--per-kind", str(a.eval_per_kind)] if a.eval_per_kind else [])
+                   + (TINY_EVAL + ["--max-new-tokens", str(min(TINY_EVAL_BUDGET, generation_budget(model)))]
+                      if tiny else []) + (["--per-kind", str(a.eval_per_kind)] if a.eval_per_kind else [])
                    + (["--seed", str(a.seed)] if a.seed is not None else []))
 
     stages = [

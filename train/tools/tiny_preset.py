@@ -20,8 +20,11 @@ TINY_DAPT = ["--max-length", "512", "--micro-batch-size", "8", "--lr", "3e-5", "
 TINY_SFT = ["--max-length", "1024", "--micro-batch-size", "4", "--lr", "2e-3", "--max-steps", "600",
             "--no-group-by-length", "--eval-max-batches", "64", "--eval-interval", "1000", "--save-interval", "1000"]
 # Documents are scored in blocks as long as the stand-in was trained on (its pretraining and TINY_DAPT); a
-# tiny model's decoding step costs the same for 1 row as for 64, so all questions go in few batches.
+# tiny model's decoding step costs the same for 1 row as for 64, so all questions go in few batches. A batch
+# decodes until its longest answer ends, and the stand-in's answers end well within 256 tokens unless they loop:
+# a loop is cut there (and counted as cut) instead of setting the pace of the first run.
 TINY_EVAL = ["--max-length", "512", "--per-kind", "4", "--batch-size", "64"]
+TINY_EVAL_BUDGET = 256   # the evaluations' max_new_tokens, or the stand-in's own budget where that is smaller
 
 
 def phase_argv(phase: str, model: Path, data_dir: Path, out: Path, tiny: bool, precision: str,
