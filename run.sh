@@ -66,7 +66,8 @@ setup() {
   "$PY" -m pip install --quiet --upgrade pip >&2
   # requirements.txt pins torch==2.13.0: the CPU wheel here, the CUDA wheel from PyPI on a GPU box.
   "$PY" -m pip install --quiet -r requirements.txt -r requirements-dev.txt >&2
-  "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
+  # setuptools warns that folders named like the packages may shadow them: here they are the packages.
+  PYTHONWARNINGS=ignore "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
   echo "$want" > "$stamp"
   echo "[setup] done" >&2
 }
