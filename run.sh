@@ -54,21 +54,31 @@ GPU figures (no setup, no network): bash train/tools/gpu_check.sh
 TXT
 }
 
+# A venv's stamp holds the hash of the requirement files it was set up from, so set-up re-runs pip only when
+# one of them changed. venv_current DIR FILE...: whether DIR is set up from exactly these files.
+venv_current() {
+  local dir="$1"; shift
+  [[ -x "$dir/bin/python" && -f "$dir/.setup-stamp" && "$(cat "$dir/.setup-stamp")" == "$(cat "$@" | sha256sum | cut -d' ' -f1)" ]]
+}
+venv_create() {
+  [[ -x "$1/bin/python" ]] || python3 -m venv "$1"
+  "$1/bin/python" -m pip install --quiet --upgrade pip >&2
+}
+venv_stamp() {
+  local dir="$1"; shift
+  cat "$@" | sha256sum | cut -d' ' -f1 > "$dir/.setup-stamp"
+}
+
 setup() {
-  # The stamp records what was installed; setup re-runs pip only when a requirement file changed.
-  local stamp="$VENV/.setup-stamp" want
-  want="$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-  if [[ -x "$PY" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    return 0
-  fi
+  local files=(requirements.txt requirements-dev.txt pyproject.toml)
+  venv_current "$VENV" "${files[@]}" && return 0
   echo "[setup] creating/updating $VENV" >&2
-  [[ -x "$PY" ]] || python3 -m venv "$VENV"
-  "$PY" -m pip install --quiet --upgrade pip >&2
+  venv_create "$VENV"
   # requirements.txt pins torch==2.13.0: the CPU wheel here, the CUDA wheel from PyPI on a GPU box.
   "$PY" -m pip install --quiet -r requirements.txt -r requirements-dev.txt >&2
   # setuptools warns that folders named like the packages may shadow them: here they are the packages.
   PYTHONWARNINGS=ignore "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
-  echo "$want" > "$stamp"
+  venv_stamp "$VENV" "${files[@]}"
   echo "[setup] done" >&2
 }
 
@@ -93,16 +103,11 @@ ensure_chromium() {
 TRL_VENV="${TRL_VENV:-$ROOT/.venv-trl}"
 BENCH_FIXTURE="${BENCH_FIXTURE:-$ROOT/scratch/bench-fixture}"
 trl_setup() {
-  local stamp="$TRL_VENV/.setup-stamp" want
-  want="$(sha256sum requirements-trl.txt | cut -d' ' -f1)"
-  if [[ -x "$TRL_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    return 0
-  fi
+  venv_current "$TRL_VENV" requirements-trl.txt && return 0
   echo "[bench-trl] creating/updating $TRL_VENV from requirements-trl.txt (several minutes the first time)" >&2
-  [[ -x "$TRL_VENV/bin/python" ]] || python3 -m venv "$TRL_VENV"
-  "$TRL_VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+  venv_create "$TRL_VENV"
   "$TRL_VENV/bin/python" -m pip install --quiet -r requirements-trl.txt >&2
-  echo "$want" > "$stamp"
+  venv_stamp "$TRL_VENV" requirements-trl.txt
 }
 
 bench_trl() {
