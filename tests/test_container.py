@@ -113,7 +113,7 @@ def test_venv_is_the_one_run_sh_uses(instructions):
     run_sh = (ROOT / "run.sh").read_text()
     assert 'VENV="${VENV:-' in run_sh, "run.sh no longer honours VENV from the environment"
     # The stamp inputs are exactly what run.sh hashes; all three must reach the image.
-    hashed = re.search(r"want=\"\$\(cat ([^|]+)\|", run_sh).group(1).split()
+    hashed = re.search(r"local files=\(([^)]+)\)", run_sh).group(1).split()
     assert sorted(hashed) == ["pyproject.toml", "requirements-dev.txt", "requirements.txt"]
 
 
