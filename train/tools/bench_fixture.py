@@ -21,13 +21,13 @@ toy of the same layout for tests. The same seed, size and library versions give 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from train.checkpointing import sha256_file
 from train.config import DEFAULT_TEMPLATE_PATH, PROJECT_ROOT
 from train.tools import stand_in_corpus
 from train.tools.model_files import BENCH_TEXT, build_tokenizer, sample_texts, text_config, write_side_files
@@ -95,8 +95,7 @@ def build(out: str | Path, size: str = "bench", seed: int = 0) -> dict:
     with (work / "data" / "train.jsonl").open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    files = {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(work.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(work)): sha256_file(p) for p in sorted(work.rglob("*")) if p.is_file()}
     manifest = {"size": size, "seed": seed, "conversations": len(rows), "text_config": spec["text"],
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "tokens": token_counts(model_dir, rows, template),
