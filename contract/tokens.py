@@ -6,7 +6,12 @@ CONTROL_TOKEN_IDS = {
     "[SYSTEM_PROMPT]": 17, "[/SYSTEM_PROMPT]": 18, "[THINK]": 34, "[/THINK]": 35,
 }
 # Further named slots of the released tokenizer, used only to lay out the stand-in model's vocabulary.
-OTHER_CONTROL_TOKEN_IDS = {"[TOOL_CALLS]": 9, "[IMG]": 10, "[IMG_BREAK]": 12, "[IMG_END]": 13}
+# mistral-common's Tekken loader looks the tool and fill-in-the-middle ones up by name, so they are all here.
+OTHER_CONTROL_TOKEN_IDS = {
+    "[AVAILABLE_TOOLS]": 5, "[/AVAILABLE_TOOLS]": 6, "[TOOL_RESULTS]": 7, "[/TOOL_RESULTS]": 8, "[TOOL_CALLS]": 9,
+    "[IMG]": 10, "[IMG_BREAK]": 12, "[IMG_END]": 13, "[PREFIX]": 14, "[MIDDLE]": 15, "[SUFFIX]": 16,
+    "[TOOL_CONTENT]": 19, "[ARGS]": 32, "[CALL_ID]": 33,
+}
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 THINK_OPEN, THINK_CLOSE = "[THINK]", "[/THINK]"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 11

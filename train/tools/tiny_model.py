@@ -37,7 +37,7 @@ from contract.errors import UserError
 from train.config import PROJECT_ROOT
 from train.pretrained import ROPE_PARAMETERS, TEXT_CONFIG_8B
 from train.tools import stand_in_corpus
-from train.tools.model_files import SAMPLE_RAW_DIR, build_tokenizer, sample_texts, write_side_files
+from train.tools.model_files import SAMPLE_RAW_DIR, SIDE_FILES, TOKENIZER_LAYOUT, build_tokenizer, sample_texts, write_side_files
 
 # Small enough to train in minutes on 2 cores. Depth is what the format needs: the model must know whether
 # it already wrote this turn's [/THINK] (the system prompt holds a literal [THINK]..[/THINK] too), which
@@ -128,7 +128,7 @@ def recipe(text_only: bool, seed: int, steps: int | None) -> dict:
     tokenizer_text = hashlib.sha256(b"".join(p.read_bytes() for p in corpus_files)).hexdigest()
     return {"text": TINY_TEXT, "vision": None if text_only else TINY_VISION, "init_std": STAND_IN_INIT_STD,
             "seed": seed, "corpus": STAND_IN_CORPUS, "generator_version": stand_in_corpus.GENERATOR_VERSION,
-            "tokenizer": {"conversations": TOKENIZER_CONVERSATIONS, "prose": TOKENIZER_PROSE,
+            "tokenizer": {"conversations": TOKENIZER_CONVERSATIONS, "prose": TOKENIZER_PROSE, "layout": TOKENIZER_LAYOUT,
                           "sample_corpus_sha256": tokenizer_text},
             "common": STAND_IN_COMMON, "phases": phases, "self_check": [SELF_CHECK_PROMPTS, SELF_CHECK_BUDGET]}
 
@@ -219,8 +219,7 @@ def write_back(random_dir: Path, trained_dir: Path, out: Path) -> None:
         model.model.language_model.load_state_dict(decoder, strict=True)
         model.lm_head.load_state_dict({"weight": trained["lm_head.weight"]}, strict=True)
     model.to(torch.bfloat16).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "SYSTEM_PROMPT.txt",
-                 "generation_config.json"):
+    for name in SIDE_FILES:
         if (random_dir / name).is_file():
             shutil.copy2(random_dir / name, out / name)
 
