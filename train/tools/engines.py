@@ -2,7 +2,8 @@
 repository root (docs/usage.md, "Serving"). They stay out of requirements.txt: an engine pins its own torch and
 transformers (vLLM's range excludes the toolkit's), and the training toolkit never imports one.
 
-    ensure("llamacpp") -> .venv-llamacpp/bin/python   (llama-cpp-python, and what llama.cpp's converter imports)
+    ensure("llamacpp") -> .venv-llamacpp/bin/python   (llama-cpp-python with its OpenAI-compatible server, and
+                                                       what llama.cpp's converter imports)
     ensure("vllm-cuda") -> .venv-vllm-cuda/bin/python (vllm, on a CUDA machine)
     llama_cpp_sources() -> llama.cpp's released sources (convert_hf_to_gguf.py, gguf-py), from llama-cpp-python's
                            source distribution of the same pinned version
@@ -40,7 +41,7 @@ ENGINES = {
     # mistral-common; torch is pinned as in requirements.txt (unpinned, pip would fetch a CUDA build).
     "llamacpp": Engine(
         ".venv-llamacpp",
-        (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "torch==2.13.0", "transformers==5.25.0", "mistral-common==1.13.1",
+        (f"llama-cpp-python[server]=={LLAMA_CPP_PYTHON}", "torch==2.13.0", "transformers==5.25.0", "mistral-common==1.13.1",
          "numpy>=2.2.6", "pyyaml", "requests", "sentencepiece", "tqdm"),
         # Built from source: CPU only, and for a CPU baseline every x86-64 machine of the last decade has (AVX2,
         # FMA, F16C) rather than this machine's own instruction set, because the wheel pip caches is reused on

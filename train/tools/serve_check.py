@@ -7,8 +7,10 @@ URL is an OpenAI-compatible endpoint (vLLM, llama-server, Ollama: http://HOST:PO
 with the training system prompt (SYSTEM_PROMPT.txt + the C64 specialization) as the system message, go greedily
 (temperature 0) to the served model and to the local transformers model (M, with --adapter RUN_DIR if the
 server applies an adapter). It reports, per question and in total:
-  - agreement: the served reasoning + answer text equals the local one (control tokens aside);
-  - the contract rate: served turns with a non-empty reasoning, a non-empty answer and a natural stop;
+  - agreement: the served reasoning + answer text equals the local one (control tokens aside); a server that
+    drops the control tokens from its text (llama-cpp-python's) is compared on the whole text, and named;
+  - the contract rate: served turns with a non-empty reasoning, a non-empty answer and a natural stop (a turn
+    whose [THINK] markers the server dropped has no reasoning a client can see, so it fails);
   - with --base-model NAME (the base served next to the adapter, e.g. vLLM --enable-lora): how many answers the
     adapter changed; none changed means the adapter is served as a no-op.
 Exit 0 when every answer agrees (and, with --base-model, the adapter changed at least one), else 1.
@@ -76,15 +78,19 @@ def local_turns(model_dir: Path, adapter: str | None, questions: list[str], max_
 def served_turn(url: str, model: str, messages: list[dict], max_tokens: int) -> dict:
     """One greedy chat completion; the reasoning from the server's reasoning parser (reasoning_content or
     reasoning) or, without one, from [THINK]...[/THINK] left in the text."""
+    # A repetition penalty of 1 under both names engines use: llama.cpp's servers default to 1.1, which is not
+    # greedy decoding. skip_special_tokens (vLLM) keeps [THINK]/[/THINK] in the text without a reasoning parser.
     body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens,
-            "skip_special_tokens": False, "seed": 0}
+            "skip_special_tokens": False, "seed": 0, "repetition_penalty": 1.0, "repeat_penalty": 1.0}
     choice = _post(f"{url}/chat/completions", body)["choices"][0]
     message = choice["message"]
     reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
     content = message.get("content") or ""
+    markers = bool(reasoning) or THINK_OPEN in content
     if not reasoning:
         reasoning, content = split_turn(content.removeprefix("<s>"))
-    return {"reasoning": reasoning, "answer": content.removesuffix("</s>"), "stopped": choice.get("finish_reason") == "stop"}
+    return {"reasoning": reasoning, "answer": content.removesuffix("</s>"), "markers": markers,
+            "stopped": choice.get("finish_reason") == "stop"}
 
 
 def _post(url: str, body: dict) -> dict:
@@ -107,7 +113,14 @@ def served_models(url: str) -> list[str]:
 
 
 def same(a: dict, b: dict) -> bool:
-    return (a["reasoning"].strip(), a["answer"].strip()) == (b["reasoning"].strip(), b["answer"].strip())
+    """Two turns agree: the same reasoning and answer, or, when either server dropped the [THINK] markers (so
+    reasoning and answer are one text), the same text."""
+    if a.get("markers", True) and b.get("markers", True):
+        return (a["reasoning"].strip(), a["answer"].strip()) == (b["reasoning"].strip(), b["answer"].strip())
+
+    def text(turn: dict) -> str:
+        return (turn["reasoning"] + turn["answer"]).replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+    return text(a) == text(b)
 
 
 def check(url: str, model_dir: Path, adapter: str | None, model: str | None, base_model: str | None,
@@ -121,7 +134,7 @@ def check(url: str, model_dir: Path, adapter: str | None, model: str | None, bas
     report = {"url": url, "model": model, "model_path": str(model_dir), "adapter": adapter, "max_tokens": max_tokens,
               "agreement": sum(r["agrees"] for r in rows), "questions": len(rows),
               "contract": sum(bool(s["reasoning"].strip() and s["answer"].strip() and s["stopped"]) for s in served),
-              "rows": rows}
+              "without_markers": sum(not s["markers"] for s in served), "rows": rows}
     if base_model:
         base = [served_turn(url, base_model, c, max_tokens) for c in chats]
         report["base_model"] = base_model
@@ -156,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     n = report["questions"]
     print(f"serve-check {report['url']} model {report['model']}: {report['agreement']}/{n} answers equal to local "
           f"transformers (greedy, {report['max_tokens']} tokens); contract {report['contract']}/{n}")
+    if report["without_markers"]:
+        print(f"  {report['without_markers']}/{n} served turns carry no [THINK] markers: the server drops control "
+              "tokens from its text, so those were compared as one text and fail the contract (a client cannot "
+              "tell their reasoning from the answer)")
     ok = report["agreement"] == n
     if "changed_by_adapter" in report:
         print(f"  the adapter changed {report['changed_by_adapter']}/{n} answers against {report['base_model']}"
