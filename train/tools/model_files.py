@@ -120,6 +120,16 @@ def control_names() -> list[str]:
     return [named.get(i, f"<SPECIAL_{i}>") for i in range(NUM_CONTROL_SLOTS)]
 
 
+def tekken_pre_tokenizer():
+    """Tekken's split pattern, then byte-level mapping: what both the trainer and the rank-ordered BPE use."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(TEKKEN_PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def tokenizer_from_ranks(ranks: dict[bytes, int]):
     """A tokenizer.json tokenizer that encodes exactly as Tekken (tiktoken) does with these ranks: id = rank + 1000.
 
@@ -128,7 +138,7 @@ def tokenizer_from_ranks(ranks: dict[bytes, int]):
     token, as in tiktoken) makes the `tokenizers` BPE do the same. This is how the released tokenizer.json
     relates to its tekken.json.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     table = byte_chars()
@@ -143,10 +153,7 @@ def tokenizer_from_ranks(ranks: dict[bytes, int]):
     vocab = {name: i for i, name in enumerate(controls)} | {chars(tb): rank + NUM_CONTROL_SLOTS
                                                             for tb, rank in ranks.items()}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(TEKKEN_PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = tekken_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in controls])
     # No post-processor: like the real tokenizer.json, plain encodes add no BOS; the template writes <s>.
@@ -164,13 +171,10 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     """
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(TEKKEN_PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = tekken_pre_tokenizer()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=control_names(), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
