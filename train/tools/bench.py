@@ -242,9 +242,10 @@ def bench(preset: str, fixture: Path | None, precision: str, steps: int | None, 
         "optimizer_steps": len(windows), "micro_batch": p["micro_batch"], "accum": p["accum"],
         "max_length": p["max_length"], "lora_r": 16, "trainable_params": sum(x.numel() for x in params.values()),
         "supervised_tokens": totals["label"], "tokens": totals["all"], "padded_tokens": totals["padded"],
-        "warmup_steps": warmup_steps, "step_times_s": [round(t, 4) for t in step_times],
-        "train_wall_s": round(wall, 2), "steady_wall_s": round(steady_s, 3),
-        # Steady state: the steps after the warm-up only.
+        "warmup_steps": warmup_steps, "step_times_s": [round(t, 6) for t in step_times],
+        "train_wall_s": round(wall, 2), "steady_wall_s": round(steady_s, 6),
+        # Steady state: the steps after the warm-up only. Microseconds, so that a toy step of a few
+        # milliseconds still sums back to the rate below.
         "trained_tokens_per_s": round(steady["label"] / steady_s, 1),
         "all_tokens_per_s": round(steady["all"] / steady_s, 1),
         "padding_share": round(1 - totals["all"] / max(1, totals["padded"]), 4),
