@@ -192,6 +192,25 @@ def test_cpu_counts_only_the_embedding_rows_the_data_reads():
     assert on_gpu == every
 
 
+def test_loading_widened_weights_peaks_with_the_shard_being_read():
+    """fp32 from bf16 shards on CPU: everything converted so far plus the mapped shard; no widening, no load peak.
+    (tests/test_scale.py measures it at real width: the fp32 run's peak RSS is the load.)"""
+    from train.memory_plan import load_peak
+    M = 2**20
+    shards = [(400 * M, 200 * M), (20 * M, 10 * M)]             # bf16 on disk
+    # After the first shard 800 converted + its 400 mapped; after the second 840 + 20: the first is the peak.
+    assert load_peak(shards, 4, 10 * M, CPU) == 10 * M + 800 * M + 400 * M
+    assert load_peak(list(reversed(shards)), 4, 0, CPU) == 840 * M + 400 * M
+    assert load_peak(shards, 2, 10 * M, CPU) == 0                # bf16 wanted: views of the mapped files
+    assert load_peak(shards, 4, 10 * M, CUDA) == 0 and load_peak(None, 4, 0, CPU) == 0
+    text = text_config()
+    cfg = TrainConfig(phase="dapt", precision="fp32").resolve()
+    e = estimate(text, cfg, CPU, width=64, runtime=GiB, shards=[(4 * GiB, 2 * GiB)] * 2)
+    assert e.load_peak == GiB + 16 * GiB + 4 * GiB and e.peak == max(sum(e.parts.values()), e.load_peak)
+    assert "loading" in e.describe() and e.to_dict()["load_peak_MiB"] == e.load_peak / M
+    assert estimate(text, cfg, CPU, width=64, runtime=GiB).load_peak == 0
+
+
 def test_a_run_records_plan_and_measured_peak(tiny_text_model_dir, tmp_path, monkeypatch, capsys):
     from train.pretrained import read_text_config
     data = write_dapt_data(tmp_path / "dapt")

@@ -120,10 +120,9 @@ def test_the_flow_runs_at_real_width_and_the_plan_predicts_its_peak(real_width, 
     assert json.loads((sft / "training_args.json").read_text())["lineage"]["base_adapter"] == str(dapt.resolve())
     # The memory plan against each training process's own peak RSS (the plan's runtime term is this process's
     # RSS when it plans; the rest comes from the shapes).
-    # In fp32 (a CPU without native bf16) the plan under-predicts DAPT's peak at real width (docs/performance.md,
-    # "The memory plan"): an open defect, bounded here so that it cannot grow.
+    # In fp32 (a CPU without native bf16) the peak is the load, which widens the bf16 shards (memory_plan.load_peak).
     from train.tools.scale_check import CPU_PRECISION
-    tolerance = 0.15 if CPU_PRECISION == "bf16" else 0.20
+    tolerance = 0.15 if CPU_PRECISION == "bf16" else 0.05
     for name in ("dapt-64", "resume", "sft"):
         assert abs(steps[name]["plan_error"]) <= tolerance, steps[name]
     # Loading reads the language model only, and lazily: far below the folder's size.

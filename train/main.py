@@ -44,7 +44,7 @@ from train.flops import labels_only_step_flops, measure_matmul_peak, mfu_peak, m
 from train.lora_model import build_model, causal_lm, fsdp_root, trainable_parameters
 from train.loss import labels_only_loss_sum
 from train.preemption import EXIT_STOPPED, RunStopped, StopSignals
-from train.pretrained import load_tokenizer, read_text_config
+from train.pretrained import load_tokenizer, read_text_config, text_shards
 from train.profiling import StepProfiler
 from train.run_log import RunLog
 from train.state import LoopState, Run
@@ -152,7 +152,7 @@ def setup(cfg: TrainConfig, info: distributed.DistInfo, device: torch.device) ->
     plan = memory_plan.plan(cfg, read_text_config(cfg.model_path)[0], device,
                             width=min(cfg.max_length, max(len(r.input_ids) for r in rows)),
                             embed_rows=memory_plan.embed_rows_read(rows), world_size=info.world_size,
-                            local_processes=memory_plan.local_processes())
+                            local_processes=memory_plan.local_processes(), shards=text_shards(cfg.model_path))
     for name, value in plan.changed.items():
         setattr(cfg, name, value)
     log.info(plan.describe())

@@ -22,6 +22,9 @@ measured peaks):
   and the probabilities cast back for the gradient, plus the final norm's input and the hidden-state
   gradient the loss keeps) and one layer's backward (the recomputed layer under checkpointing, and the
   gradients of its SwiGLU and attention intermediates).
+The peak is the larger of that sum and the load peak: on CPU, when the weights are widened (bf16 on disk,
+fp32 wanted), each shard stays memory-mapped while its tensors are converted, so loading holds the weights
+converted so far plus the read pages of the shard being converted.
 """
 from __future__ import annotations
 
@@ -63,23 +66,27 @@ class Estimate:
     attention: str
     micro_batch_size: int
     max_length: int
-    parts: dict[str, int]
+    parts: dict[str, int]              # what a training step holds at its peak
+    load_peak: int = 0                 # what loading holds at its peak (0: no widening, see load_peak)
 
     @property
     def peak(self) -> int:
-        return sum(self.parts.values())
+        return max(sum(self.parts.values()), self.load_peak)
 
     def describe(self) -> str:
         flags = (f"micro-batch {self.micro_batch_size} x {self.max_length}, {self.attention} attention, "
                  f"checkpointing {'on' if self.gradient_checkpointing else 'off'}")
         parts = ", ".join(f"{k.replace('_', ' ')} {v / GiB:.2f}" for k, v in self.parts.items())
-        return f"{flags}: {self.peak / GiB:.2f} GiB ({parts})"
+        load = (f"; loading {self.load_peak / GiB:.2f} GiB, the weights widened while their shard is mapped"
+                if self.load_peak else "")
+        return f"{flags}: {self.peak / GiB:.2f} GiB ({parts}{load})"
 
     def to_dict(self) -> dict:
         return {"gradient_checkpointing": self.gradient_checkpointing, "attention": self.attention,
                 "micro_batch_size": self.micro_batch_size, "max_length": self.max_length,
                 "predicted_peak_MiB": round(self.peak / 2**20, 1),
-                "parts_MiB": {k: round(v / 2**20, 1) for k, v in self.parts.items()}}
+                "parts_MiB": {k: round(v / 2**20, 1) for k, v in self.parts.items()},
+                "load_peak_MiB": round(self.load_peak / 2**20, 1)}
 
 
 @dataclass
@@ -172,11 +179,31 @@ def layer_backward_bytes(s: dict, *, act: int, attention: str, width: int) -> in
     return grads
 
 
+def load_peak(shards: list[tuple[int, int]] | None, weight_bytes: int, runtime: int, device: torch.device) -> int:
+    """The RSS while load_text_model widens the weights on CPU: the shards' tensors converted so far plus the
+    pages of the shard being converted, which stay mapped until its file closes. 0 where nothing is widened
+    (bf16 on disk and wanted: the tensors are views of the mapped files) or on a GPU (whose counter sees no
+    host pages).
+
+    shards: train.pretrained.text_shards, (bytes on disk, elements) per file in load order.
+    """
+    if device.type != "cpu" or not shards:
+        return 0
+    peak = converted = 0
+    for disk, numel in shards:
+        if disk == numel * weight_bytes:
+            continue
+        converted += numel * weight_bytes
+        peak = max(peak, runtime + converted + disk)
+    return peak
+
+
 def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, embed_rows: int | None = None,
-             world_size: int = 1) -> Estimate:
+             world_size: int = 1, shards: list[tuple[int, int]] | None = None) -> Estimate:
     """The predicted peak of a run with these settings, `width` tokens per row (at most max_length).
 
     embed_rows: distinct token ids the run reads (CPU, memory-mapped bf16 weights), None for all of them.
+    shards: the checkpoint's weight files (train.pretrained.text_shards), for the load peak; None: not counted.
     """
     s = _shape(text_cfg)
     act = 2 if cfg.precision == "bf16" else 4                   # activation and matmul dtype
@@ -224,7 +251,9 @@ def estimate(text_cfg, cfg, device: torch.device, *, width: int, runtime: int, e
     adapters = n_train * (16 + (2 if act == 2 else 0))
     parts = {"runtime": runtime, "frozen_weights": weights, "adapters": adapters,
              "activations": stored, "step_transient": max(loss, backward)}
-    return Estimate(cfg.gradient_checkpointing, attention, cfg.micro_batch_size, cfg.max_length, parts)
+    # Every process reads the whole model before any sharding; full-parameter weights load in fp32.
+    loading = load_peak(shards, 4 if full else base, runtime, device)
+    return Estimate(cfg.gradient_checkpointing, attention, cfg.micro_batch_size, cfg.max_length, parts, loading)
 
 
 # ----------------------------------------------------------------------------------------- budget
@@ -298,12 +327,12 @@ def _fits(e: Estimate, budget: int | None, reserve: int = 0) -> bool:
     return budget is None or e.peak <= usable(budget, reserve)
 
 
-def _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world, budget) -> list[str]:
+def _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world, budget, shards) -> list[str]:
     """Smaller settings that fit, for the error message: checkpointing, micro-batch, max length."""
     def est(**kw):
         c = dataclasses.replace(cfg, gradient_checkpointing=True, **kw)
         return estimate(text_cfg, c, device, width=min(width, c.max_length), runtime=runtime,
-                        embed_rows=embed_rows, world_size=world)
+                        embed_rows=embed_rows, world_size=world, shards=shards)
 
     reserve = reserve_bytes(device, world)
     found = []
@@ -335,11 +364,12 @@ def runtime_bytes(device: torch.device) -> int:
 
 
 def plan(cfg, text_cfg, device: torch.device, *, width: int, embed_rows: int | None, world_size: int = 1,
-         local_processes: int = 1, runtime: int | None = None) -> MemoryPlan:
+         local_processes: int = 1, runtime: int | None = None,
+         shards: list[tuple[int, int]] | None = None) -> MemoryPlan:
     """Predict, choose and (with a budget) refuse, before any weight is loaded. Does not change cfg: the
-    caller applies plan.changed."""
+    caller applies plan.changed. shards: train.pretrained.text_shards of the checkpoint (the load peak)."""
     runtime = runtime_bytes(device) if runtime is None else runtime
-    args = dict(width=width, runtime=runtime, embed_rows=embed_rows, world_size=world_size)
+    args = dict(width=width, runtime=runtime, embed_rows=embed_rows, world_size=world_size, shards=shards)
     given = estimate(text_cfg, cfg, device, **args)
     if cfg.memory_budget == "off":
         return MemoryPlan("off", str(device), None, "--memory-budget off: predicted, not enforced", given, [given])
@@ -360,7 +390,7 @@ def plan(cfg, text_cfg, device: torch.device, *, width: int, embed_rows: int | N
         if _fits(ckpt, budget, reserve):
             return MemoryPlan(cfg.memory_budget, str(device), budget, source, ckpt, considered, changes, reserve)
     best = considered[-1]
-    options = _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world_size, budget)
+    options = _what_would_fit(text_cfg, cfg, device, width, runtime, embed_rows, world_size, budget, shards)
     kept = f" and {reserve / GiB:.1f} GiB reserved" if reserve else ""
     raise MemoryPlanError(
         f"memory plan: this run needs an estimated {best.peak / GiB:.2f} GiB even with activation checkpointing "
@@ -368,7 +398,8 @@ def plan(cfg, text_cfg, device: torch.device, *, width: int, embed_rows: int | N
         f"budget ({source}; {HEADROOM:.0%} headroom{kept}). "
         + (f"What would fit: {'; or '.join(options)}. " if options else
            f"No smaller micro-batch or length fits: the frozen weights alone take {best.parts['frozen_weights'] / GiB:.1f}"
-           " GiB; use a device with more memory, or --fsdp across several. ")
+           f" GiB{f' and loading peaks at {best.load_peak / GiB:.1f} GiB' if best.load_peak else ''}; use a device "
+           "with more memory, or --fsdp across several. ")
         + "--memory-budget off runs the flags as given without this check (docs/troubleshooting.md#out-of-memory)")
 
 

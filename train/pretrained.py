@@ -11,6 +11,7 @@ modes this module exists to prevent:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -249,6 +250,35 @@ def refuse_quantized_shards(files: list[Path]) -> None:
             raise CheckpointError(f"{file}: tensor {found[0]!r} is stored as {found[1]}: this is a quantized release "
                                   f"(such as the FP8 Instruct one), and LoRA here trains on BF16 weights. Download the "
                                   f"BF16 Reasoning release, {BF16_RELEASE}, instead (docs/model.md)")
+
+
+# Bytes per element of the safetensors dtypes a Ministral 3 checkpoint may hold unquantized.
+DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}
+
+
+def text_shards(model_dir: str | Path) -> list[tuple[int, int]]:
+    """Per weight file, in the order load_text_model reads them: (bytes of its language-model tensors on disk,
+    their element count), from the headers alone. The memory plan's load peak is made from these."""
+    from safetensors import SafetensorError, safe_open
+
+    model_dir = Path(model_dir)
+    _, layout = read_text_config(model_dir)
+    shards = []
+    for file in safetensors_files(model_dir):
+        disk = numel = 0
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    if text_key(key, layout) is None:
+                        continue
+                    sl = f.get_slice(key)
+                    n = math.prod(sl.get_shape())
+                    numel += n
+                    disk += n * DTYPE_BYTES.get(sl.get_dtype(), 2)
+        except SafetensorError:
+            continue  # load_text_model names the damaged file
+        shards.append((disk, numel))
+    return shards
 
 
 def _fields_giving(cfg, on_disk: tuple, wanted: tuple) -> str:
