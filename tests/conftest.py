@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,10 @@ def write_dapt_data(folder: Path, n_train: int = 6, chars: int = 900) -> Path:
             json.dumps({"id": f"{split}{i}", "source": "t", "text": text[i * chars:(i + 1) * chars]}) + "\n"
             for i in range(n)))
     return folder
+
+
+def free_port() -> int:
+    """A localhost TCP port nothing listens on (torchrun's rendezvous, an engine's server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,20 +1,14 @@
 """Issue 18, item 7: two torchrun nodes on localhost train exactly like one node with two processes."""
 from __future__ import annotations
 
-import socket
 import subprocess
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port
 from test_distributed import ROOT, TORCHRUN, args, cpu_env, small_dapt, torchrun  # noqa: F401  (small_dapt: fixture)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

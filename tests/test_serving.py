@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from train.tools.export_run import main as export_main
 from train.tools.serve_check import QUESTIONS, check, rendered_prompts
 
@@ -39,12 +39,6 @@ def llamacpp(gguf: Path, prompts: list[list[int]], texts: list[str] = (), new_to
                           input=json.dumps(request), capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
